@@ -1,0 +1,179 @@
+"""Prepare: the raw log cleaned into daily Parquet partitions, and every line not kept.
+
+Thin wiring around ``clickstream_dagster.cleaning``: the assets stage the log, hand the
+per-day frames to the IO manager, and report what happened as metadata.
+"""
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+from dagster import (
+    AssetCheckResult,
+    AssetExecutionContext,
+    AssetIn,
+    BackfillPolicy,
+    MetadataValue,
+    Output,
+    asset,
+    asset_check,
+)
+
+from clickstream_dagster.assets.metadata import counts_table, epoch_text, numeric, preview
+from clickstream_dagster.cleaning import (
+    PUBLISHED_COLUMNS,
+    count_by_reason,
+    count_data_lines,
+    stage_log,
+    summarize_events,
+)
+from clickstream_dagster.partitions import DATASET_WINDOW, clickstream_days
+from clickstream_dagster.resources.log_file import ClickstreamLogFile
+
+PREPARE_GROUP = "prepare"
+
+
+@asset(
+    partitions_def=clickstream_days,
+    # One run for a range of days: the log is scanned once, not once per day.
+    backfill_policy=BackfillPolicy.single_run(),
+    io_manager_key="parquet_io_manager",
+    group_name=PREPARE_GROUP,
+    kinds={"polars", "parquet"},
+    description="Page views of one UTC day, cleaned and sorted by time: "
+    + ", ".join(PUBLISHED_COLUMNS),
+)
+def clickstream_events(
+    context: AssetExecutionContext, clickstream_log: ClickstreamLogFile
+) -> Iterator[Output[dict[str, pl.LazyFrame]]]:
+    log = clickstream_log.inspect()
+    days = context.partition_keys
+    with tempfile.TemporaryDirectory(prefix="clickstream-staging-") as staging_dir:
+        staged = stage_log(log, DATASET_WINDOW, Path(staging_dir))
+        frames = {}
+        for day in days:
+            frames[day] = staged.day_events(day)
+            summary = summarize_events(frames[day])
+            rejects = count_by_reason(staged.day_rejects(day))
+            context.add_asset_metadata(
+                {
+                    **numeric(
+                        {
+                            "rows": summary.rows,
+                            "distinct_users": summary.distinct_users,
+                            "distinct_products": summary.distinct_products,
+                            "rejected_lines": sum(rejects.values()),
+                        }
+                    ),
+                    "first_timestamp": epoch_text(summary.first_timestamp),
+                    "last_timestamp": epoch_text(summary.last_timestamp),
+                    "rejects_by_reason": counts_table(rejects, "reason"),
+                    "preview": preview(frames[day].head(10).collect()),
+                    "source": MetadataValue.path(str(log.path)),
+                },
+                partition_key=day,
+            )
+            context.log.info(f"{day}: {summary.rows} page views kept, {sum(rejects.values())} rejected")
+        # Yielded inside the ``with``: the IO manager writes the frames (which read the
+        # staging files lazily) before the generator resumes and the directory goes.
+        yield Output(frames)
+
+
+@asset(
+    io_manager_key="parquet_io_manager",
+    group_name=PREPARE_GROUP,
+    kinds={"polars", "parquet"},
+    description="Every log line not kept in clickstream_events: line number, reason, raw line.",
+)
+def clickstream_rejects(context: AssetExecutionContext, clickstream_log: ClickstreamLogFile) -> pl.DataFrame:
+    log = clickstream_log.inspect()
+    with tempfile.TemporaryDirectory(prefix="clickstream-staging-") as staging_dir:
+        rejects = stage_log(log, DATASET_WINDOW, Path(staging_dir)).rejects().collect()
+    by_reason = count_by_reason(rejects.lazy())
+    context.add_output_metadata(
+        {
+            **numeric({"rejected_lines": rejects.height, **{f"rejected_{k}": v for k, v in by_reason.items()}}),
+            "rejects_by_reason": counts_table(by_reason, "reason"),
+            "preview": preview(rejects),
+            "source": MetadataValue.path(str(log.path)),
+        }
+    )
+    return rejects
+
+
+@asset_check(
+    asset=clickstream_rejects,
+    additional_ins={"events": AssetIn("clickstream_events", metadata={"allow_missing_partitions": True})},
+    description="Every data line of the log is either kept in a day partition or rejected.",
+)
+def every_line_accounted_for(
+    clickstream_log: ClickstreamLogFile,
+    clickstream_rejects: pl.DataFrame,
+    events: dict[str, pl.LazyFrame],
+) -> AssetCheckResult:
+    lines = count_data_lines(clickstream_log.path)
+    kept = sum(frame.select(pl.len()).collect().item() for frame in events.values())
+    missing_days = sorted(set(clickstream_days.get_partition_keys()) - set(events))
+    rejected = clickstream_rejects.height
+    return AssetCheckResult(
+        passed=not missing_days and lines == kept + rejected,
+        metadata={
+            **numeric({"data_lines": lines, "kept_rows": kept, "rejected_lines": rejected}),
+            "unaccounted_lines": lines - kept - rejected,
+            "days_not_prepared": ", ".join(missing_days) or "none",
+        },
+        description=None if not missing_days else f"{len(missing_days)} day(s) not prepared yet",
+    )
+
+
+def _by_day(context, events) -> dict[str, pl.LazyFrame]:
+    """The checked days: one partition loads as a frame, a single-run range as a dict."""
+    frames = events if isinstance(events, dict) else {context.partition_key: events}
+    return {day: frame.lazy() for day, frame in frames.items()}
+
+
+def _day_check(context, events, count_violations, what: str) -> AssetCheckResult:
+    """Run a per-day violation count over every day the step covers; pass if all are 0."""
+    violations = {day: count_violations(day, frame) for day, frame in _by_day(context, events).items()}
+    bad = {day: n for day, n in violations.items() if n}
+    return AssetCheckResult(
+        passed=not bad,
+        metadata={what: sum(violations.values()), "days_checked": len(violations), "days_failing": ", ".join(bad) or "none"},
+    )
+
+
+def _day_bounds(day: str) -> tuple[int, int]:
+    window = clickstream_days.time_window_for_partition_key(day)
+    return int(window.start.timestamp()), int(window.end.timestamp())
+
+
+# Inputs are unannotated: one day arrives as a frame, a single-run range as a dict of them.
+@asset_check(asset=clickstream_events, partitions_def=clickstream_days)
+def no_null_user_id(context, clickstream_events) -> AssetCheckResult:
+    def nulls(_day: str, frame: pl.LazyFrame) -> int:
+        return frame.select(pl.col("userId").null_count()).collect().item()
+
+    return _day_check(context, clickstream_events, nulls, "null_user_ids")
+
+
+@asset_check(asset=clickstream_events, partitions_def=clickstream_days)
+def timestamps_inside_day(context, clickstream_events) -> AssetCheckResult:
+    def outside(day: str, frame: pl.LazyFrame) -> int:
+        start, end = _day_bounds(day)
+        ts = pl.col("original_timestamp")
+        return frame.filter((ts < start) | (ts >= end)).select(pl.len()).collect().item()
+
+    return _day_check(context, clickstream_events, outside, "outside_day")
+
+
+@asset_check(asset=clickstream_events, partitions_def=clickstream_days)
+def no_duplicate_page_views(context, clickstream_events) -> AssetCheckResult:
+    def duplicates(_day: str, frame: pl.LazyFrame) -> int:
+        counts = frame.select(rows=pl.len(), distinct=pl.struct(PUBLISHED_COLUMNS).n_unique()).collect()
+        return counts["rows"].item() - counts["distinct"].item()
+
+    return _day_check(context, clickstream_events, duplicates, "duplicates")
+
+
+EVENTS_CHECKS = [no_null_user_id, timestamps_inside_day, no_duplicate_page_views]
