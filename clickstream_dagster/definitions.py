@@ -1,23 +1,68 @@
-"""The whole project at a glance: what is computed, with what, and when.
+"""The whole project at a glance: what is computed, from what, with what, and when.
 
-prepare  (assets/prepare.py)  data/clickstream.csv -> clickstream_events (15 daily Parquet
-                              partitions) + clickstream_rejects, with asset checks
+    data/clickstream.csv (CLICKSTREAM_CSV)
+        │  assets/prepare.py      pure logic: cleaning.py
+        ▼
+    clickstream_events   15 daily Parquet partitions (2012-03-01..15) + per-day checks
+    clickstream_rejects  every line not kept, with its reason + the accounting check
+        │  assets/replay.py       pure logic: pacing.py, encoding.py, replay.py, kafka_client.py
+        ▼
+    click_data           one day replayed into the Kafka topic `click-data` (job replay_clickstream)
+
+Resources: the log file, the Parquet IO manager (CLICKSTREAM_STORAGE_DIR) and the Kafka
+cluster (KAFKA_*). Everything that differs per deployment is an environment variable.
 """
 
 import os
 
-from dagster import Definitions
+from dagster import Definitions, EnvVar, define_asset_job
 
-from clickstream_dagster.assets import prepare
+from clickstream_dagster.assets import prepare, replay
+from clickstream_dagster.partitions import clickstream_days
+from clickstream_dagster.resources.kafka import KafkaResource
 from clickstream_dagster.resources.log_file import DEFAULT_LOG_PATH, ClickstreamLogFile
 from clickstream_dagster.resources.parquet import DailyParquetIOManager
 
+replay_clickstream = define_asset_job(
+    "replay_clickstream",
+    selection=[replay.click_data],
+    partitions_def=clickstream_days,
+    description="Replay one prepared day into Kafka (config: topic, pacing, limit, dry_run, ...).",
+    tags={replay.TOPIC_TAG: replay.DEFAULT_TOPIC},
+)
+
+
+def kafka_from_environment() -> KafkaResource:
+    """The cluster named by KAFKA_* variables; a local broker on 9092 when none are set."""
+    protocol = os.environ.get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+    optional = {
+        field: os.environ[var]
+        for field, var in {
+            "sasl_mechanism": "KAFKA_SASL_MECHANISM",
+            "ssl_cafile": "KAFKA_SSL_CAFILE",
+            "ssl_certfile": "KAFKA_SSL_CERTFILE",
+            "ssl_keyfile": "KAFKA_SSL_KEYFILE",
+        }.items()
+        if os.environ.get(var)
+    }
+    if protocol.startswith("SASL"):
+        # Read at run time and never shown: an unset variable fails the launch by name.
+        optional |= {"sasl_username": EnvVar("KAFKA_SASL_USERNAME"), "sasl_password": EnvVar("KAFKA_SASL_PASSWORD")}
+    return KafkaResource(
+        bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
+        security_protocol=protocol,
+        **optional,
+    )
+
+
 defs = Definitions(
-    assets=[prepare.clickstream_events, prepare.clickstream_rejects],
+    assets=[prepare.clickstream_events, prepare.clickstream_rejects, replay.click_data],
     asset_checks=[prepare.every_line_accounted_for, *prepare.EVENTS_CHECKS],
+    jobs=[replay_clickstream],
     resources={
         "clickstream_log": ClickstreamLogFile(path=os.environ.get("CLICKSTREAM_CSV", str(DEFAULT_LOG_PATH))),
         # Unset: the Dagster instance's storage directory; or a local path / s3:// URL.
         "parquet_io_manager": DailyParquetIOManager(base_dir=os.environ.get("CLICKSTREAM_STORAGE_DIR")),
+        "kafka": kafka_from_environment(),
     },
 )

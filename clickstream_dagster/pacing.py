@@ -1,0 +1,87 @@
+"""When each message of a replay is sent: a pure function from page-view times to send offsets.
+
+The schedule is absolute (seconds after the replay starts, on a monotonic clock), not a
+list of waits: time spent sending one message never delays the ones after it, so the
+replay keeps no drift, and a message that falls behind goes out at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+
+
+class PacingMode(StrEnum):
+    ORIGINAL = "original"  # the recorded gaps, divided by speed, clamped
+    FIXED = "fixed"  # one message every interval_ms
+    MAX = "max"  # as fast as the broker takes them, optionally capped by max_rate
+
+
+class PacingError(ValueError):
+    """A pacing setting is out of range; the message names the setting and the value."""
+
+
+@dataclass(frozen=True)
+class Pacing:
+    mode: PacingMode = PacingMode.FIXED
+    speed: float = 1.0
+    min_delay_s: float = 0.0
+    max_delay_s: float = 10.0
+    interval_ms: float = 200.0
+    max_rate: float | None = None  # messages per second, for mode=max
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", PacingMode(self.mode))
+        _require(math.isfinite(self.speed) and self.speed > 0, "speed", self.speed, "a number > 0")
+        _require(self.min_delay_s >= 0, "min_delay_s", self.min_delay_s, ">= 0")
+        _require(
+            math.isfinite(self.max_delay_s) and self.max_delay_s >= self.min_delay_s,
+            "max_delay_s",
+            self.max_delay_s,
+            f">= min_delay_s ({self.min_delay_s})",
+        )
+        _require(math.isfinite(self.interval_ms) and self.interval_ms >= 0, "interval_ms", self.interval_ms, ">= 0")
+        if self.max_rate is not None:
+            _require(math.isfinite(self.max_rate) and self.max_rate > 0, "max_rate", self.max_rate, "> 0 msgs/s")
+
+    @property
+    def is_paced(self) -> bool:
+        """Whether send times are meaningful targets (lateness is only measured then)."""
+        return self.mode != PacingMode.MAX or self.max_rate is not None
+
+    def describe(self) -> str:
+        if self.mode == PacingMode.ORIGINAL:
+            return (
+                f"original timing / speed {self.speed:g}, gaps clamped to "
+                f"[{self.min_delay_s:g}, {self.max_delay_s:g}] s"
+            )
+        if self.mode == PacingMode.FIXED:
+            return f"one message every {self.interval_ms:g} ms"
+        return f"as fast as possible, capped at {self.max_rate:g} msgs/s" if self.max_rate else "as fast as possible"
+
+
+def _require(ok: bool, name: str, value: object, expected: str) -> None:
+    if not ok:
+        raise PacingError(f"pacing setting {name}={value!r} is invalid: expected {expected}")
+
+
+def send_offsets(original_timestamps: np.ndarray, pacing: Pacing) -> np.ndarray:
+    """Seconds after the start at which each message is due; the first is due at 0.
+
+    ``original_timestamps`` are the page views' own times (seconds, in send order).
+    """
+    n = len(original_timestamps)
+    if n == 0:
+        return np.zeros(0, dtype=np.float64)
+    if pacing.mode == PacingMode.ORIGINAL:
+        gaps = np.diff(np.asarray(original_timestamps, dtype=np.float64)) / pacing.speed
+        waits = np.clip(gaps, pacing.min_delay_s, pacing.max_delay_s)
+        return np.concatenate(([0.0], np.cumsum(waits)))
+    if pacing.mode == PacingMode.FIXED:
+        return np.arange(n, dtype=np.float64) * (pacing.interval_ms / 1000.0)
+    if pacing.max_rate is not None:
+        return np.arange(n, dtype=np.float64) / pacing.max_rate
+    return np.zeros(n, dtype=np.float64)
