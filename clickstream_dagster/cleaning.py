@@ -137,7 +137,7 @@ def inspect_log(path: str | Path) -> LogFile:
         )
     columns = tuple(next(csv.reader(io.StringIO(header), delimiter=separator)))
     roles = _match_layout(path, columns)
-    if not second.strip():
+    if not second:  # end of file; a blank line is a (malformed) data line
         raise LogFormatError(f"{path} has a header but no page-view lines")
     return LogFile(path=path, separator=separator, columns=columns, roles=roles)
 

@@ -18,7 +18,6 @@ import os
 from dagster import Definitions, EnvVar, define_asset_job
 
 from clickstream_dagster.assets import prepare, replay
-from clickstream_dagster.partitions import clickstream_days
 from clickstream_dagster.resources.kafka import KafkaResource
 from clickstream_dagster.resources.log_file import DEFAULT_LOG_PATH, ClickstreamLogFile
 from clickstream_dagster.resources.parquet import DailyParquetIOManager
@@ -26,7 +25,6 @@ from clickstream_dagster.resources.parquet import DailyParquetIOManager
 replay_clickstream = define_asset_job(
     "replay_clickstream",
     selection=[replay.click_data],
-    partitions_def=clickstream_days,
     description="Replay one prepared day into Kafka (config: topic, pacing, limit, dry_run, ...).",
     tags={replay.TOPIC_TAG: replay.DEFAULT_TOPIC},
 )

@@ -1,0 +1,109 @@
+"""pytest plugin: a real single-node Kafka broker for integration tests.
+
+Enable with ``pytest_plugins = ["clickstream_dagster_tests.kafka_fixtures"]``.
+
+* ``kafka_bootstrap_servers`` (session): ``$KAFKA_BOOTSTRAP_SERVERS`` if set, otherwise a
+  broker started by ``scripts/local_kafka.py`` on a free port in a temporary state dir,
+  stopped at the end of the session. The resolved classpath is cached in
+  ``$KAFKA_CLASSPATH_CACHE_DIR`` or the repo's ``.kafka/`` dir and the jars live in
+  ``~/.m2``, so only the very first run ever calls Maven.
+* ``kafka_topic`` (function): a fresh, uniquely named topic (3 partitions, RF 1) that is
+  deleted afterwards.
+* ``local_kafka`` (session): the ``scripts/local_kafka.py`` module itself.
+
+``KAFKA_START_TIMEOUT_S`` (default 90) bounds the broker start.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import sys
+import uuid
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Iterator
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOCAL_KAFKA_PATH = REPO_ROOT / "scripts" / "local_kafka.py"
+_MODULE_NAME = "clickstream_local_kafka"
+
+
+def load_local_kafka() -> ModuleType:
+    """Import scripts/local_kafka.py by path (it is a script, not a package module)."""
+    module = sys.modules.get(_MODULE_NAME)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(_MODULE_NAME, LOCAL_KAFKA_PATH)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {LOCAL_KAFKA_PATH}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[_MODULE_NAME] = module  # dataclasses need the module registered
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(_MODULE_NAME, None)
+            raise
+    return module
+
+
+def _classpath_cache_dir() -> Path:
+    return Path(os.environ.get("KAFKA_CLASSPATH_CACHE_DIR") or REPO_ROOT / ".kafka")
+
+
+@pytest.fixture(scope="session")
+def local_kafka() -> ModuleType:
+    return load_local_kafka()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    if external:
+        yield external
+        return
+
+    lk = load_local_kafka()
+    state_dir = tmp_path_factory.mktemp("kafka-broker")
+    timeout_s = float(os.environ.get("KAFKA_START_TIMEOUT_S") or lk.DEFAULT_TIMEOUT_S)
+    try:
+        broker = lk.start_broker(state_dir, lk.free_port(), timeout_s=timeout_s,
+                                 cache_dir=_classpath_cache_dir())
+    except lk.LocalKafkaError as exc:
+        pytest.fail(f"could not start a local Kafka broker: {exc}", pytrace=False)
+    try:
+        yield broker.bootstrap_servers
+    finally:
+        broker.stop()
+
+
+def _topic_name(node_name: str) -> str:
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", node_name).strip("-.")[:80] or "topic"
+    return f"test-{base}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def kafka_topic(kafka_bootstrap_servers: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError, UnknownTopicOrPartitionError
+
+    name = _topic_name(request.node.name)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap_servers,
+                             client_id="pytest-kafka-topic", request_timeout_ms=30000)
+    try:
+        admin.create_topics({name: {"num_partitions": 3, "replication_factor": 1}},
+                            timeout_ms=30000)
+        admin.wait_for_topics([name], timeout_ms=30000)  # every partition has a leader
+        yield name
+    finally:
+        try:
+            admin.delete_topics([name], timeout_ms=30000)
+        except UnknownTopicOrPartitionError:
+            pass  # never created, or the test deleted it itself
+        except KafkaError as exc:
+            warnings.warn(f"could not delete test topic {name}: {exc!r}", stacklevel=1)
+        finally:
+            admin.close()

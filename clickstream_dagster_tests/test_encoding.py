@@ -1,0 +1,66 @@
+"""Both message formats, byte for byte against a plain-json reference, and the headers."""
+
+import json
+
+import polars as pl
+import pytest
+
+from clickstream_dagster.encoding import MessageFormat, encode_message, encode_messages, replay_headers
+
+EVENTS = pl.DataFrame(
+    {
+        "original_timestamp": [1330560000, 1330560005],
+        "userId": ["F6F8B460-4204-4C26-A32C-B93826EDCB99", "00071AA7-86D2-4EB9-871A-A786D27EB9BA"],
+        "ip": ["75.85.165.38", "1.2.3.4"],
+        "productId": ["VD55179433", None],
+        "userAgent": ['Mozilla/5.0 (KHTML, like Gecko) "quoted" é', "UA"],
+    }
+)
+NOW_NS = 1_764_312_345_678_901_234
+
+
+def test_json_message_is_a_flat_object_with_the_replay_time_in_ms():
+    message = json.loads(encode_messages(EVENTS, "json").value(0, NOW_NS))
+    assert message == {
+        "original_timestamp": 1330560000,
+        "userId": "F6F8B460-4204-4C26-A32C-B93826EDCB99",
+        "ip": "75.85.165.38",
+        "productId": "VD55179433",
+        "userAgent": 'Mozilla/5.0 (KHTML, like Gecko) "quoted" é',
+        "timestamp": 1_764_312_345_678,
+    }
+
+
+def test_quix_message_is_timeseries_data_with_ns_timestamps():
+    message = json.loads(encode_messages(EVENTS, "quix").value(1, NOW_NS))
+    assert message == {
+        "Epoch": 0,
+        "Timestamps": [NOW_NS],
+        "NumericValues": {"original_timestamp": [1330560005]},
+        "StringValues": {
+            "ip": ["1.2.3.4"],
+            "productId": [None],
+            "userAgent": ["UA"],
+            "userId": ["00071AA7-86D2-4EB9-871A-A786D27EB9BA"],
+        },
+        "TagValues": {},
+    }
+
+
+@pytest.mark.parametrize("fmt", list(MessageFormat))
+def test_vectorised_encoding_equals_the_reference_byte_for_byte(fmt):
+    encoded = encode_messages(EVENTS, fmt)
+    for i, event in enumerate(EVENTS.iter_rows(named=True)):
+        assert encoded.value(i, NOW_NS) == encode_message(event, fmt, NOW_NS)
+
+
+def test_keys_are_the_user_ids():
+    assert encode_messages(EVENTS, "json").keys == [u.encode() for u in EVENTS["userId"]]
+
+
+def test_no_messages_for_an_empty_day():
+    assert len(encode_messages(EVENTS.clear(), "json")) == 0
+
+
+def test_headers_name_the_day_and_the_run():
+    assert replay_headers("2012-03-01", "run-1") == [("source_day", b"2012-03-01"), ("dagster_run_id", b"run-1")]

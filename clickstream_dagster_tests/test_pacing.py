@@ -1,0 +1,68 @@
+"""The pacing schedule as a pure function, with exact expectations."""
+
+import numpy as np
+import pytest
+
+from clickstream_dagster.pacing import Pacing, PacingError, PacingMode, send_offsets
+
+TS = np.array([100, 100, 103, 123, 124], dtype=np.int64)  # gaps 0, 3, 20, 1
+
+
+def test_original_keeps_recorded_gaps_clamped_to_ten_seconds():
+    assert send_offsets(TS, Pacing(mode="original")).tolist() == [0, 0, 3, 13, 14]
+
+
+def test_original_divides_gaps_by_speed_before_clamping():
+    assert send_offsets(TS, Pacing(mode="original", speed=2)).tolist() == [0, 0, 1.5, 11.5, 12]
+
+
+def test_original_clamps_to_min_and_max_delay():
+    pacing = Pacing(mode="original", min_delay_s=0.5, max_delay_s=2)
+    assert send_offsets(TS, pacing).tolist() == [0, 0.5, 2.5, 4.5, 5.5]
+
+
+def test_fixed_sends_one_message_per_interval_whatever_the_timestamps():
+    assert send_offsets(TS, Pacing(mode="fixed", interval_ms=200)).tolist() == pytest.approx([0, 0.2, 0.4, 0.6, 0.8])
+
+
+def test_fixed_is_the_default_at_200_ms():
+    assert Pacing().mode == PacingMode.FIXED
+    assert send_offsets(TS[:3], Pacing()).tolist() == pytest.approx([0, 0.2, 0.4])
+
+
+def test_max_without_rate_sends_everything_at_once():
+    assert send_offsets(TS, Pacing(mode="max")).tolist() == [0, 0, 0, 0, 0]
+    assert not Pacing(mode="max").is_paced
+
+
+def test_max_rate_spaces_messages_evenly():
+    assert send_offsets(TS, Pacing(mode="max", max_rate=4)).tolist() == [0, 0.25, 0.5, 0.75, 1.0]
+    assert Pacing(mode="max", max_rate=4).is_paced
+
+
+@pytest.mark.parametrize("mode", list(PacingMode))
+def test_empty_and_single_message_schedules(mode):
+    assert send_offsets(np.array([], dtype=np.int64), Pacing(mode=mode)).tolist() == []
+    assert send_offsets(np.array([5]), Pacing(mode=mode)).tolist() == [0]
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"speed": 0}, "speed=0"),
+        ({"speed": -1}, "speed=-1"),
+        ({"speed": float("nan")}, "speed=nan"),
+        ({"min_delay_s": -0.1}, "min_delay_s=-0.1"),
+        ({"min_delay_s": 5, "max_delay_s": 1}, "max_delay_s=1"),
+        ({"interval_ms": -5}, "interval_ms=-5"),
+        ({"max_rate": 0}, "max_rate=0"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_setting(settings, named):
+    with pytest.raises(PacingError, match=named):
+        Pacing(**settings)
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="'slow'"):
+        Pacing(mode="slow")

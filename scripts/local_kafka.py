@@ -1,0 +1,750 @@
+#!/usr/bin/env python3
+"""Start and stop a real single-node Apache Kafka broker (KRaft, no Docker).
+
+The broker jars come from Maven Central through ``scripts/kafka/pom.xml`` (resolved
+once into ~/.m2; the resulting classpath is cached in the state dir keyed by the Kafka
+version, so later starts never call Maven). The broker runs as
+``java -cp <classpath> kafka.Kafka <state>/server.properties`` in its own session,
+combined broker+controller, listening on 127.0.0.1 only.
+
+Standard library only: this runs before the project's venv exists.
+
+CLI::
+
+    python3 scripts/local_kafka.py up     [--port 9092] [--state-dir .kafka] [--timeout 90]
+    python3 scripts/local_kafka.py status [--state-dir .kafka]
+    python3 scripts/local_kafka.py down   [--state-dir .kafka]
+
+API (used by the pytest fixture)::
+
+    broker = start_broker(state_dir, port, timeout_s=90)
+    broker.bootstrap_servers, broker.pid, broker.log_path
+    broker.stop()            # or stop_broker(state_dir)
+
+Environment: ``KAFKA_PORT`` (default port), ``KAFKA_HEAP_OPTS`` (default
+``-Xms256m -Xmx768m``), ``KAFKA_JVM_OPTS`` (extra JVM flags), ``JAVA_HOME``,
+``KAFKA_CLASSPATH_CACHE_DIR`` (where the resolved classpath is cached; defaults to the
+state dir).
+
+State dir layout::
+
+    server.properties  log4j2.properties  broker.json (ports, cluster id)
+    kafka.pid          broker.log (stdout/stderr + log4j output; previous run: broker.log.prev)
+    data/              KRaft metadata + topic data (log.dirs)
+    classpath-kafka-<version>-<pomhash>.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+HOST = "127.0.0.1"
+DEFAULT_PORT = 9092
+DEFAULT_TIMEOUT_S = 90.0
+DEFAULT_HEAP_OPTS = "-Xms256m -Xmx768m"
+DEFAULT_JVM_OPTS = (
+    "-XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 "
+    "-XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true"
+)
+STOP_TIMEOUT_S = 30.0
+MAVEN_TIMEOUT_S = 900.0
+NODE_ID = 1
+
+SCRIPT_DIR = Path(__file__).resolve().parent
+REPO_ROOT = SCRIPT_DIR.parent
+POM_PATH = SCRIPT_DIR / "kafka" / "pom.xml"
+DEFAULT_STATE_DIR = REPO_ROOT / ".kafka"
+
+PID_FILE = "kafka.pid"
+LOG_FILE = "broker.log"
+META_FILE = "broker.json"
+SERVER_PROPERTIES = "server.properties"
+LOG4J_PROPERTIES = "log4j2.properties"
+DATA_DIR = "data"
+LOCK_FILE = ".lock"
+MAIN_CLASS = "kafka.Kafka"
+STORAGE_TOOL_CLASS = "kafka.tools.StorageTool"
+
+
+class LocalKafkaError(RuntimeError):
+    """A user-facing failure (message is meant to be printed as is)."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def kafka_version(pom_path: Path = POM_PATH) -> str:
+    """The Kafka version pinned in scripts/kafka/pom.xml (``<kafka.version>``)."""
+    try:
+        root = ET.parse(pom_path).getroot()
+    except (OSError, ET.ParseError) as exc:
+        raise LocalKafkaError(f"cannot read {pom_path}: {exc}") from exc
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    node = root.find("m:properties/m:kafka.version", ns)
+    if node is None:
+        node = root.find("properties/kafka.version")
+    if node is None or not (node.text or "").strip():
+        raise LocalKafkaError(f"{pom_path} has no <properties><kafka.version>")
+    return node.text.strip()
+
+
+def free_port(host: str = HOST, exclude: tuple[int, ...] = ()) -> int:
+    """A TCP port that is free on ``host`` right now (the kernel picks it)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in exclude:
+            return port
+    raise LocalKafkaError("could not find a free TCP port")
+
+
+def port_is_free(port: int, host: str = HOST) -> bool:
+    """True if nothing listens on host:port (bind test, SO_REUSEADDR like the JVM)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 64 * 1024))
+            data = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(data.splitlines()[-lines:])
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _state_lock(state_dir: Path) -> Iterator[None]:
+    """Serialise up/down on one state dir across processes."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / LOCK_FILE, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _find_java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home:
+        cand = Path(java_home) / "bin" / "java"
+        if cand.is_file() and os.access(cand, os.X_OK):
+            return str(cand)
+    java = shutil.which("java")
+    if not java:
+        raise LocalKafkaError(
+            "java not found (no JAVA_HOME/bin/java, nothing on PATH). Kafka 4 needs a "
+            "Java 17+ runtime, e.g. `apt-get install openjdk-17-jre-headless`."
+        )
+    return java
+
+
+# --------------------------------------------------------------------------- jars
+
+
+def _classpath_cache_file(cache_dir: Path, version: str, pom_path: Path) -> Path:
+    pom_hash = hashlib.sha256(pom_path.read_bytes()).hexdigest()[:10]
+    return cache_dir / f"classpath-kafka-{version}-{pom_hash}.txt"
+
+
+def _read_cached_classpath(cache_file: Path) -> Optional[str]:
+    try:
+        cp = cache_file.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    entries = [e for e in cp.split(os.pathsep) if e]
+    if not entries or not all(os.path.isfile(e) for e in entries):
+        return None  # jars were removed from ~/.m2: resolve again
+    return cp
+
+
+def resolve_classpath(
+    state_dir: Path,
+    cache_dir: Optional[Path] = None,
+    pom_path: Path = POM_PATH,
+) -> str:
+    """Classpath of the broker: cached file if valid, else ``mvn dependency:build-classpath``."""
+    version = kafka_version(pom_path)
+    cache_dir = Path(
+        cache_dir or os.environ.get("KAFKA_CLASSPATH_CACHE_DIR") or state_dir
+    ).resolve()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_file = _classpath_cache_file(cache_dir, version, pom_path)
+    cp = _read_cached_classpath(cache_file)
+    if cp:
+        return cp
+
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise LocalKafkaError(
+            f"mvn (Apache Maven) not found on PATH; it is needed once to resolve the "
+            f"Kafka {version} jars from Maven Central (cache {cache_file} is missing)."
+        )
+    out_file = cache_dir / f".classpath-{os.getpid()}.tmp"
+    cmd = [
+        mvn, "-B", "-q", "-Dstyle.color=never", "-f", str(pom_path),
+        "dependency:build-classpath",
+        f"-Dmdep.outputFile={out_file}",
+        "-Dmdep.includeScope=runtime",
+    ]
+    _log(f"Resolving Kafka {version} jars with Maven (first start only) ...")
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, timeout=MAVEN_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise LocalKafkaError(
+            f"Maven did not finish within {MAVEN_TIMEOUT_S:.0f}s: {' '.join(cmd)}"
+        ) from exc
+    output = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout or "")
+    if proc.returncode != 0 or not out_file.is_file():
+        tail = "\n".join(output.splitlines()[-40:])
+        with contextlib.suppress(OSError):
+            out_file.unlink()
+        raise LocalKafkaError(
+            f"Maven failed to resolve the Kafka {version} jars (exit {proc.returncode}).\n"
+            f"command: {' '.join(cmd)}\n--- mvn output (tail) ---\n{tail}"
+        )
+    cp = out_file.read_text(encoding="utf-8").strip()
+    os.replace(out_file, cache_file)
+    if not _read_cached_classpath(cache_file):
+        raise LocalKafkaError(f"Maven produced an unusable classpath in {cache_file}")
+    _log(f"Resolved {len(cp.split(os.pathsep))} jars in {time.monotonic() - t0:.1f}s "
+         f"(cached in {cache_file})")
+    return cp
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+def _kafka_request(sock: socket.socket, api_key: int, api_version: int,
+                   correlation_id: int, body: bytes) -> bytes:
+    """Send a request with header v1 (non-flexible) and return the response payload
+    after the correlation id (response header v0)."""
+    client_id = b"local_kafka"
+    header = struct.pack(">hhih", api_key, api_version, correlation_id, len(client_id))
+    msg = header + client_id + body
+    sock.sendall(struct.pack(">i", len(msg)) + msg)
+    size = struct.unpack(">i", _recv_exact(sock, 4))[0]
+    if size < 4 or size > 64 * 1024 * 1024:
+        raise OSError(f"bad response size {size}")
+    payload = _recv_exact(sock, size)
+    (cid,) = struct.unpack_from(">i", payload, 0)
+    if cid != correlation_id:
+        raise OSError(f"correlation id mismatch {cid} != {correlation_id}")
+    return payload[4:]
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise OSError("connection closed by broker")
+        buf += chunk
+    return bytes(buf)
+
+
+def probe_broker(host: str, port: int, timeout_s: float = 3.0) -> Optional[str]:
+    """One readiness probe. Returns None when the broker serves Kafka clients (ApiVersions
+    answers without error and Metadata lists at least one live broker), else a reason."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.settimeout(timeout_s)
+            # ApiVersions v0 (key 18): empty body; every broker must answer it.
+            resp = _kafka_request(sock, 18, 0, 1, b"")
+            error_code, n = struct.unpack_from(">hi", resp, 0)
+            if error_code != 0:
+                return f"ApiVersions error {error_code}"
+            versions = {}
+            for i in range(n):
+                key, lo, hi = struct.unpack_from(">hhh", resp, 6 + 6 * i)
+                versions[key] = (lo, hi)
+            meta = versions.get(3)
+            if not meta or not (meta[0] <= 4 <= meta[1]):
+                return None  # cannot speak our Metadata version; ApiVersions is enough
+            # Metadata v4 (key 3): topics = [] (none), allow_auto_topic_creation = false.
+            resp = _kafka_request(sock, 3, 4, 2, struct.pack(">ib", 0, 0))
+            (_throttle, n_brokers) = struct.unpack_from(">ii", resp, 0)
+            if n_brokers < 1:
+                return "no live broker in metadata yet"
+            return None
+    except (OSError, struct.error) as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def wait_until_ready(host: str, port: int, timeout_s: float = DEFAULT_TIMEOUT_S,
+                     proc: Optional[subprocess.Popen] = None, pid: Optional[int] = None,
+                     interval_s: float = 0.25) -> None:
+    """Poll until host:port answers Kafka requests. Raises LocalKafkaError on timeout or if
+    the broker process (``proc`` / ``pid``) exits first."""
+    deadline = time.monotonic() + timeout_s
+    reason = "not probed"
+    while True:
+        reason = probe_broker(host, port, timeout_s=min(5.0, max(0.5, timeout_s)))
+        if reason is None:
+            return
+        if proc is not None and proc.poll() is not None:
+            raise LocalKafkaError(f"broker process exited with code {proc.returncode} "
+                                  f"before {host}:{port} became ready")
+        if proc is None and pid is not None and not pid_alive(pid):
+            raise LocalKafkaError(f"broker process {pid} exited before {host}:{port} "
+                                  f"became ready")
+        if time.monotonic() >= deadline:
+            raise LocalKafkaError(f"broker on {host}:{port} not ready after "
+                                  f"{timeout_s:g}s (last probe: {reason})")
+        time.sleep(interval_s)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` is a live (non-zombie) process. Reaps it if it is our child."""
+    if pid <= 0:
+        return False
+    with contextlib.suppress(ChildProcessError, OSError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        state = stat.rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def _is_our_broker(pid: int, state_dir: Path) -> bool:
+    """pid is alive and (where /proc exists) runs kafka.Kafka with this state dir's config."""
+    if not pid_alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc: trust the pid file
+    args = [a.decode(errors="replace") for a in cmdline]
+    return MAIN_CLASS in args and str(state_dir / SERVER_PROPERTIES) in args
+
+
+def _read_pid(state_dir: Path) -> Optional[int]:
+    try:
+        return int((state_dir / PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_meta(state_dir: Path) -> dict:
+    try:
+        return json.loads((state_dir / META_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _new_cluster_id() -> str:
+    """Same format as Kafka's Uuid.randomUuid().toString(): url-safe base64, no padding."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
+def _server_properties(state_dir: Path, port: int, controller_port: int) -> str:
+    data_dir = state_dir / DATA_DIR
+    props = {
+        # single combined node
+        "process.roles": "broker,controller",
+        "node.id": str(NODE_ID),
+        "controller.quorum.voters": f"{NODE_ID}@{HOST}:{controller_port}",
+        "controller.listener.names": "CONTROLLER",
+        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(data_dir),
+        # topics: the project creates its own, so no auto-creation
+        "auto.create.topics.enable": "false",
+        "delete.topic.enable": "true",
+        "num.partitions": "1",
+        "default.replication.factor": "1",
+        "min.insync.replicas": "1",
+        # internal topics on one node (idempotence / transactions / groups work with RF 1)
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        # small footprint for a shared 2-core dev box
+        "num.network.threads": "2",
+        "num.io.threads": "4",
+        "num.recovery.threads.per.data.dir": "1",
+        "log.retention.hours": "168",
+    }
+    lines = ["# generated by scripts/local_kafka.py; rewritten on every start"]
+    lines += [f"{k}={v}" for k, v in props.items()]
+    return "\n".join(lines) + "\n"
+
+
+LOG4J2_PROPERTIES = """\
+# generated by scripts/local_kafka.py: everything goes to stdout, which is redirected
+# into broker.log in the state dir
+status = warn
+name = local-kafka
+appender.out.type = Console
+appender.out.name = STDOUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = STDOUT
+logger.statechange.name = state.change.logger
+logger.statechange.level = WARN
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.authorizer.name = kafka.authorizer.logger
+logger.authorizer.level = WARN
+logger.zk.name = org.apache.zookeeper
+logger.zk.level = WARN
+"""
+
+
+def _jvm_opts(state_dir: Path) -> list[str]:
+    heap = os.environ.get("KAFKA_HEAP_OPTS") or DEFAULT_HEAP_OPTS
+    extra = os.environ.get("KAFKA_JVM_OPTS") or DEFAULT_JVM_OPTS
+    return heap.split() + extra.split() + [
+        f"-Dlog4j2.configurationFile={state_dir / LOG4J_PROPERTIES}",
+        f"-Dkafka.logs.dir={state_dir}",
+    ]
+
+
+# --------------------------------------------------------------------------- broker
+
+
+@dataclass
+class Broker:
+    state_dir: Path
+    port: int
+    controller_port: int
+    pid: int
+    host: str = HOST
+    already_running: bool = False
+    proc: Optional[subprocess.Popen] = field(default=None, repr=False, compare=False)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / LOG_FILE
+
+    @property
+    def data_dir(self) -> Path:
+        return self.state_dir / DATA_DIR
+
+    @property
+    def pid_path(self) -> Path:
+        return self.state_dir / PID_FILE
+
+    def is_running(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return pid_alive(self.pid)
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> bool:
+        """Stop this broker (SIGTERM, bounded wait, SIGKILL). True if it was running."""
+        with _state_lock(self.state_dir):
+            was_running = _terminate(self.pid, timeout_s, self.proc)
+            if _read_pid(self.state_dir) == self.pid:
+                with contextlib.suppress(FileNotFoundError):
+                    self.pid_path.unlink()
+        return was_running
+
+
+def _terminate(pid: int, timeout_s: float, proc: Optional[subprocess.Popen] = None) -> bool:
+    if proc is not None and proc.poll() is not None:
+        return False
+    if proc is None and not pid_alive(pid):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if _wait_exit(pid, timeout_s, proc):
+        return True
+    _log(f"broker pid {pid} did not stop within {timeout_s:.0f}s after SIGTERM; SIGKILL")
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    if not _wait_exit(pid, 10.0, proc):
+        raise LocalKafkaError(f"broker pid {pid} survived SIGKILL")
+    return True
+
+
+def _wait_exit(pid: int, timeout_s: float, proc: Optional[subprocess.Popen]) -> bool:
+    if proc is not None:
+        try:
+            proc.wait(timeout=timeout_s)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    deadline = time.monotonic() + timeout_s
+    while pid_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def running_broker(state_dir: Path) -> Optional[Broker]:
+    """The broker recorded in state_dir if its process is alive, else None."""
+    state_dir = Path(state_dir).resolve()
+    pid = _read_pid(state_dir)
+    if pid is None or not _is_our_broker(pid, state_dir):
+        return None
+    meta = _read_meta(state_dir)
+    return Broker(state_dir=state_dir, port=int(meta.get("port", DEFAULT_PORT)),
+                  controller_port=int(meta.get("controller_port", 0)), pid=pid,
+                  already_running=True)
+
+
+def _format_storage(java: str, classpath: str, state_dir: Path, cluster_id: str) -> None:
+    cmd = [java, "-Xmx256m", f"-Dlog4j2.configurationFile={state_dir / LOG4J_PROPERTIES}",
+           "-cp", classpath, STORAGE_TOOL_CLASS, "format",
+           "-t", cluster_id, "-c", str(state_dir / SERVER_PROPERTIES)]
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=180)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout or "").splitlines()[-40:])
+        raise LocalKafkaError(f"formatting KRaft storage failed (exit {proc.returncode}):\n"
+                              f"{tail}")
+
+
+def start_broker(state_dir: Path | str = DEFAULT_STATE_DIR, port: Optional[int] = None,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, *,
+                 cache_dir: Optional[Path | str] = None) -> Broker:
+    """Start (or find already running) the broker of ``state_dir`` and wait until ready.
+
+    ``port`` defaults to env KAFKA_PORT, else 9092. Returns a Broker; its
+    ``already_running`` is True when it was up before the call (then ``port`` is the
+    port it actually runs on, which may differ from the requested one).
+    Raises LocalKafkaError (with the broker log tail) on failure.
+    """
+    state_dir = Path(state_dir).resolve()
+    if port is None:
+        port = int(os.environ.get("KAFKA_PORT") or DEFAULT_PORT)
+    with _state_lock(state_dir):
+        existing = running_broker(state_dir)
+        if existing is not None:
+            wait_until_ready(HOST, existing.port, timeout_s, pid=existing.pid)
+            return existing
+        pid_file = state_dir / PID_FILE
+        if pid_file.exists():
+            _log(f"removing stale pid file {pid_file} (pid {_read_pid(state_dir)} is gone)")
+            pid_file.unlink()
+
+        java = _find_java()
+        if not port_is_free(port):
+            raise LocalKafkaError(
+                f"port {port} on {HOST} is already in use by another process (not a broker "
+                f"started from {state_dir}); pick another with --port / KAFKA_PORT")
+        classpath = resolve_classpath(
+            state_dir, Path(cache_dir) if cache_dir else None)
+
+        meta = _read_meta(state_dir)
+        data_dir = state_dir / DATA_DIR
+        formatted = (data_dir / "meta.properties").is_file()
+        controller_port = int(meta.get("controller_port") or 0)
+        if not controller_port or controller_port == port or not port_is_free(controller_port):
+            controller_port = free_port(exclude=(port,))
+        cluster_id = meta.get("cluster_id") if formatted else None
+        cluster_id = cluster_id or _new_cluster_id()
+        meta.update(port=port, controller_port=controller_port, cluster_id=cluster_id,
+                    kafka_version=kafka_version(), host=HOST)
+        _write_atomic(state_dir / META_FILE, json.dumps(meta, indent=2) + "\n")
+        _write_atomic(state_dir / SERVER_PROPERTIES,
+                      _server_properties(state_dir, port, controller_port))
+        _write_atomic(state_dir / LOG4J_PROPERTIES, LOG4J2_PROPERTIES)
+
+        if not formatted:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            _format_storage(java, classpath, state_dir, cluster_id)
+
+        log_path = state_dir / LOG_FILE
+        if log_path.exists():
+            os.replace(log_path, state_dir / (LOG_FILE + ".prev"))
+        cmd = [java, *_jvm_opts(state_dir), "-cp", classpath, MAIN_CLASS,
+               str(state_dir / SERVER_PROPERTIES)]
+        with open(log_path, "ab") as log_fh:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_fh,
+                                    stderr=subprocess.STDOUT, cwd=str(state_dir),
+                                    start_new_session=True, close_fds=True)
+        _write_atomic(pid_file, f"{proc.pid}\n")
+        broker = Broker(state_dir=state_dir, port=port, controller_port=controller_port,
+                        pid=proc.pid, proc=proc)
+        try:
+            wait_until_ready(HOST, port, timeout_s, proc=proc)
+        except LocalKafkaError as exc:
+            with contextlib.suppress(Exception):
+                _terminate(proc.pid, 10.0, proc)
+            with contextlib.suppress(FileNotFoundError):
+                pid_file.unlink()
+            raise LocalKafkaError(
+                f"{exc}\n--- tail of {log_path} ---\n{_tail(log_path)}") from None
+        return broker
+
+
+def stop_broker(state_dir: Path | str = DEFAULT_STATE_DIR,
+                timeout_s: float = STOP_TIMEOUT_S) -> bool:
+    """Stop the broker started from ``state_dir``. True if one was running."""
+    state_dir = Path(state_dir).resolve()
+    with _state_lock(state_dir):
+        pid = _read_pid(state_dir)
+        was_running = False
+        if pid is not None and _is_our_broker(pid, state_dir):
+            was_running = _terminate(pid, timeout_s)
+        with contextlib.suppress(FileNotFoundError):
+            (state_dir / PID_FILE).unlink()
+    return was_running
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir).resolve()
+    t0 = time.monotonic()
+    broker = start_broker(state_dir, args.port, args.timeout, cache_dir=args.cache_dir)
+    if broker.already_running:
+        note = ""
+        if args.port is not None and args.port != broker.port:
+            note = f" (requested port {args.port} ignored: `down` first to change it)"
+        print(f"Kafka broker already up (pid {broker.pid}) on "
+              f"{broker.bootstrap_servers}{note}")
+    else:
+        print(f"Kafka {kafka_version()} broker up in {time.monotonic() - t0:.1f}s "
+              f"(pid {broker.pid})")
+    print(f"  bootstrap servers: {broker.bootstrap_servers}")
+    print(f"  data dir:          {broker.data_dir}")
+    print(f"  log file:          {broker.log_path}")
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir).resolve()
+    pid = _read_pid(state_dir)
+    if stop_broker(state_dir, args.timeout):
+        print(f"Kafka broker stopped (pid {pid}, state dir {state_dir})")
+    else:
+        print(f"no Kafka broker running for state dir {state_dir}")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir).resolve()
+    broker = running_broker(state_dir)
+    if broker is None:
+        print(f"Kafka broker not running (state dir {state_dir})")
+        return 1
+    reason = probe_broker(HOST, broker.port)
+    ready = "ready" if reason is None else f"not answering yet: {reason}"
+    print(f"Kafka broker running (pid {broker.pid}) on {broker.bootstrap_servers}, {ready}")
+    print(f"  log file: {broker.log_path}")
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="local_kafka.py",
+        description="Run a single-node Apache Kafka broker (KRaft) on 127.0.0.1, no Docker.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_state(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR),
+                       help="pid file, logs, config and data (default: %(default)s)")
+
+    up = sub.add_parser("up", help="start the broker (no-op if already up)")
+    up.add_argument("--port", type=int, default=None,
+                    help=f"PLAINTEXT port (default: $KAFKA_PORT or {DEFAULT_PORT})")
+    add_state(up)
+    up.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                    help="seconds to wait for readiness (default: %(default)s)")
+    up.add_argument("--cache-dir", default=None,
+                    help="where to cache the resolved classpath "
+                         "(default: $KAFKA_CLASSPATH_CACHE_DIR or the state dir)")
+    up.set_defaults(func=_cmd_up)
+
+    down = sub.add_parser("down", help="stop the broker started from the state dir")
+    add_state(down)
+    down.add_argument("--timeout", type=float, default=STOP_TIMEOUT_S,
+                      help="seconds to wait after SIGTERM before SIGKILL")
+    down.set_defaults(func=_cmd_down)
+
+    status = sub.add_parser("status", help="exit 0 if the broker is running, else 1")
+    add_state(status)
+    status.set_defaults(func=_cmd_status)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except LocalKafkaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
