@@ -1,33 +1,31 @@
 """The whole project at a glance: what is computed, from what, with what, and when.
 
-    data/clickstream.csv (CLICKSTREAM_CSV)
+    clickstream_csv      the log file (CLICKSTREAM_CSV), watched by sensor clickstream_log_changed
         │  assets/prepare.py      pure logic: cleaning.py
         ▼
-    clickstream_events   15 daily Parquet partitions (2012-03-01..15) + per-day checks
-    clickstream_rejects  every line not kept, with its reason + the accounting check
+    clickstream_events   15 daily Parquet partitions (2012-03-01..15), per-day checks
+    clickstream_rejects  every line not kept, with its reason; check: every line accounted for
         │  assets/replay.py       pure logic: pacing.py, encoding.py, replay.py, kafka_client.py
         ▼
-    click_data           one day replayed into the Kafka topic `click-data` (job replay_clickstream)
+    click_data           one day replayed into the Kafka topic `click-data`
 
+Jobs (jobs.py): prepare_clickstream (a range of days in one run), replay_clickstream (a day).
+Schedule (schedules.py): replay_cycle, the next day every tick (stopped until switched on).
 Resources: the log file, the Parquet IO manager (CLICKSTREAM_STORAGE_DIR) and the Kafka
 cluster (KAFKA_*). Everything that differs per deployment is an environment variable.
 """
 
 import os
 
-from dagster import Definitions, EnvVar, define_asset_job
+from dagster import Definitions, EnvVar
 
 from clickstream_dagster.assets import prepare, replay
+from clickstream_dagster.jobs import prepare_clickstream, replay_clickstream
 from clickstream_dagster.resources.kafka import KafkaResource
 from clickstream_dagster.resources.log_file import DEFAULT_LOG_PATH, ClickstreamLogFile
 from clickstream_dagster.resources.parquet import DailyParquetIOManager
-
-replay_clickstream = define_asset_job(
-    "replay_clickstream",
-    selection=[replay.click_data],
-    description="Replay one prepared day into Kafka (config: topic, pacing, limit, dry_run, ...).",
-    tags={replay.TOPIC_TAG: replay.DEFAULT_TOPIC},
-)
+from clickstream_dagster.schedules import replay_cycle
+from clickstream_dagster.sensors import clickstream_log_changed
 
 
 def kafka_from_environment() -> KafkaResource:
@@ -54,9 +52,11 @@ def kafka_from_environment() -> KafkaResource:
 
 
 defs = Definitions(
-    assets=[prepare.clickstream_events, prepare.clickstream_rejects, replay.click_data],
+    assets=[prepare.clickstream_csv, prepare.clickstream_events, prepare.clickstream_rejects, replay.click_data],
     asset_checks=[prepare.every_line_accounted_for, *prepare.EVENTS_CHECKS],
-    jobs=[replay_clickstream],
+    jobs=[prepare_clickstream, replay_clickstream],
+    schedules=[replay_cycle],
+    sensors=[clickstream_log_changed],
     resources={
         "clickstream_log": ClickstreamLogFile(path=os.environ.get("CLICKSTREAM_CSV", str(DEFAULT_LOG_PATH))),
         # Unset: the Dagster instance's storage directory; or a local path / s3:// URL.

@@ -162,7 +162,8 @@ def format_row(
 ) -> str:
     """One aligned table line for a message; a value that is not a clickstream message is
     shown raw and truncated. Control characters are escaped: one message, one line."""
-    lead = [format_arrival(arrival), f"{partition}/{offset}", _printable(_text(key)) if key is not None else "-"]
+    shown_key = "-" if key is None else _printable(_text(key))
+    lead = [format_arrival(arrival), f"{partition}/{offset}", shown_key]
     event = decode_value(value)
     if event is None:
         if value is None:
@@ -179,7 +180,11 @@ def format_row(
 
 
 def format_json(
-    partition: int, offset: int, key: bytes | None, headers: Iterable[tuple[str, bytes | None]], value: bytes | None
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    headers: Iterable[tuple[str, bytes | None]],
+    value: bytes | None,
 ) -> str:
     """One JSON object for a message: the value parsed if it is JSON, else the raw text."""
     parsed = parse_json(value)
@@ -196,10 +201,12 @@ def format_json(
 
 
 def _join(cells: Iterable[str]) -> str:
+    """Pad every cell but the last to its column's width."""
     cells = list(cells)
+    last = len(cells) - 1
     widths = [width for _, width in _COLUMNS]
-    padded = [cell.ljust(widths[i]) if i < len(cells) - 1 and i < len(widths) else cell for i, cell in enumerate(cells)]
-    return _SEPARATOR.join(padded).rstrip()
+    padded = [cell.ljust(width) if i < last else cell for i, (cell, width) in enumerate(zip(cells, widths))]
+    return _SEPARATOR.join(padded + cells[len(padded):]).rstrip()
 
 
 def _text(data: bytes) -> str:
@@ -250,8 +257,9 @@ class TopicNotFound(RuntimeError):
     pass
 
 
-class _Stop(Exception):
-    """SIGTERM, turned into the same clean stop as Ctrl-C."""
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into the same clean stop as Ctrl-C (a BaseException, so no
+    ``except Exception`` inside kafka-python swallows it)."""
 
 
 @dataclass
@@ -259,7 +267,6 @@ class _Tail:
     settings: KafkaSettings
     topic: str
     out: TextIO
-    err: TextIO
     fmt: str
     limit: int | None
     idle_timeout_s: float | None
@@ -388,7 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start at the oldest message of every partition (default: only messages sent from now on)",
     )
-    parser.add_argument("--limit", type=_positive(int), default=None, metavar="N", help="stop after N messages")
+    parser.add_argument(
+        "--limit", type=_positive(int), default=None, metavar="N", help="stop after N messages (exit 0)"
+    )
     parser.add_argument(
         "--timeout",
         type=_positive(float),
@@ -397,7 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after S seconds without a message (default: follow until Ctrl-C)",
     )
     parser.add_argument(
-        "--format", choices=("table", "json"), default="table", help="table (default) or json: one object per line"
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="table (default): aligned columns for people; json: one object per line, for jq",
     )
     parser.add_argument(
         "--connect-timeout",
@@ -422,7 +434,6 @@ def main(argv: list[str] | None = None) -> int:
         settings=settings,
         topic=args.topic,
         out=out,
-        err=err,
         fmt=args.format,
         limit=args.limit,
         idle_timeout_s=args.timeout,
@@ -446,7 +457,9 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         reason = tail.follow()
-    except (KeyboardInterrupt, _Stop):
+    except _Terminated:
+        reason = "terminated"
+    except KeyboardInterrupt:
         reason = "interrupted"
     except BrokenPipeError:
         _discard_stdout()
@@ -475,7 +488,7 @@ def _stop_on_sigterm():
         return lambda: None
 
     def handler(signum, frame):
-        raise _Stop()
+        raise _Terminated()
 
     previous = signal.signal(signal.SIGTERM, handler)
     return lambda: signal.signal(signal.SIGTERM, previous)

@@ -8,12 +8,13 @@ from clickstream_dagster.partitions import clickstream_days
 
 def test_definitions_load_and_every_job_resolves():
     defs.resolve_all_job_defs()
-    assert {job.name for job in defs.resolve_all_job_defs()} >= {"replay_clickstream"}
+    assert {job.name for job in defs.resolve_all_job_defs()} >= {"prepare_clickstream", "replay_clickstream"}
 
 
 def test_asset_keys_snapshot():
     assert sorted(key.to_user_string() for key in defs.resolve_all_asset_keys()) == [
         "click_data",
+        "clickstream_csv",
         "clickstream_events",
         "clickstream_rejects",
     ]

@@ -13,6 +13,7 @@ from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
     AssetIn,
+    AssetSpec,
     BackfillPolicy,
     MetadataValue,
     Output,
@@ -33,9 +34,18 @@ from clickstream_dagster.resources.log_file import ClickstreamLogFile
 
 PREPARE_GROUP = "prepare"
 
+# The log file itself: not computed here, observed by the clickstream_log_changed sensor.
+clickstream_csv = AssetSpec(
+    "clickstream_csv",
+    group_name=PREPARE_GROUP,
+    kinds={"csv"},
+    description="The recorded page-view log (CLICKSTREAM_CSV), comma- or tab-separated.",
+)
+
 
 @asset(
     partitions_def=clickstream_days,
+    deps=[clickstream_csv],
     # One run for a range of days: the log is scanned once, not once per day.
     backfill_policy=BackfillPolicy.single_run(),
     io_manager_key="parquet_io_manager",
@@ -81,6 +91,7 @@ def clickstream_events(
 
 
 @asset(
+    deps=[clickstream_csv],
     io_manager_key="parquet_io_manager",
     group_name=PREPARE_GROUP,
     kinds={"polars", "parquet"},

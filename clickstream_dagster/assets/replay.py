@@ -126,7 +126,7 @@ def click_data(
     pacing = _validated(config)
     day = context.partition_key
     context.instance.add_run_tags(
-        context.run_id, {TOPIC_TAG: config.topic, PACING_TAG: config.pacing, DAY_TAG: day}
+        context.run.run_id, {TOPIC_TAG: config.topic, PACING_TAG: config.pacing, DAY_TAG: day}
     )
     events = clickstream_events.collect()
     if config.limit is not None:
@@ -167,7 +167,7 @@ def click_data(
     messages = encode_messages(events, config.message_format)
     record_ts = (events["original_timestamp"] * 1000).to_list() if config.record_timestamp == "original" else None
     progress = ReplayProgress(total=len(messages))
-    publisher = kafka.publisher(config.topic, replay_headers(day, context.run_id))
+    publisher = kafka.publisher(config.topic, replay_headers(day, context.run.run_id))
     context.log.info(
         f"replaying {len(messages)} page views of {day} into {config.topic!r} at "
         f"{kafka.bootstrap_servers} ({pacing.describe()}, {config.message_format})"

@@ -1,0 +1,115 @@
+"""The prepare assets on a real temporary Dagster instance: Parquet contents, metadata, checks."""
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+from dagster import DagsterInstance, materialize
+
+from clickstream_dagster.assets import prepare
+from clickstream_dagster.cleaning import PUBLISHED_COLUMNS
+from clickstream_dagster.generator import write_log
+from clickstream_dagster.resources.log_file import ClickstreamLogFile
+from clickstream_dagster.resources.parquet import DailyParquetIOManager
+
+PREPARE = [
+    prepare.clickstream_events,
+    prepare.clickstream_rejects,
+    prepare.every_line_accounted_for,
+    *prepare.EVENTS_CHECKS,
+]
+ALL_DAYS = {"dagster/asset_partition_range_start": "2012-03-01", "dagster/asset_partition_range_end": "2012-03-15"}
+
+
+@pytest.fixture(scope="module")
+def log(tmp_path_factory):
+    path = tmp_path_factory.mktemp("log") / "clickstream.csv"
+    return path, write_log(path, rows=4000, seed=7)
+
+
+def resources(log_path: Path, storage: Path) -> dict:
+    return {
+        "clickstream_log": ClickstreamLogFile(path=str(log_path)),
+        "parquet_io_manager": DailyParquetIOManager(base_dir=str(storage)),
+    }
+
+
+def checks(result) -> dict[str, bool]:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def test_one_day_is_prepared_sorted_with_its_metadata(log, tmp_path, dagster_instance):
+    path, summary = log
+    result = materialize(PREPARE[:1] + PREPARE[3:], resources=resources(path, tmp_path), instance=dagster_instance, partition_key="2012-03-02")
+    assert result.success
+    day = pl.read_parquet(tmp_path / "clickstream_events" / "2012-03-02.parquet")
+    assert day.columns == list(PUBLISHED_COLUMNS)
+    assert day.height == summary.rows_per_day["2012-03-02"]
+    assert day["original_timestamp"].is_sorted()
+    [mat] = result.asset_materializations_for_node("clickstream_events")
+    assert mat.partition == "2012-03-02"
+    assert mat.metadata["rows"].value == day.height
+    assert mat.metadata["distinct_users"].value == day["userId"].n_unique()
+    assert mat.metadata["first_timestamp"].value.startswith("2012-03-02")
+    assert len(mat.metadata["preview"].value.records) == 10
+    assert checks(result) == {"no_null_user_id": True, "timestamps_inside_day": True, "no_duplicate_page_views": True}
+    assert sorted(p.name for p in (tmp_path / "clickstream_events").iterdir()) == ["2012-03-02.parquet"]
+
+
+def test_all_days_in_one_run_account_for_every_line(log, tmp_path, dagster_instance):
+    path, summary = log
+    result = materialize(PREPARE, resources=resources(path, tmp_path), instance=dagster_instance, tags=ALL_DAYS)
+    assert result.success
+    mats = result.asset_materializations_for_node("clickstream_events")
+    assert sorted(m.partition for m in mats) == sorted(summary.rows_per_day)
+    # Per-day metadata, not the range's: each partition reports its own row count.
+    assert {m.partition: m.metadata["rows"].value for m in mats} == summary.rows_per_day
+    kept = sum(pl.read_parquet(f).height for f in (tmp_path / "clickstream_events").glob("*.parquet"))
+    rejects = pl.read_parquet(tmp_path / "clickstream_rejects.parquet")
+    assert kept == summary.kept_rows_expected
+    assert kept + rejects.height == summary.rows
+    by_reason = dict(rejects.group_by("reason").len().iter_rows())
+    assert by_reason == {k: v for k, v in summary.reject_reasons.items() if v}
+    assert checks(result) == {
+        "every_line_accounted_for": True,
+        "no_null_user_id": True,
+        "timestamps_inside_day": True,
+        "no_duplicate_page_views": True,
+    }
+    # The events were scanned from the log once: one step, one staging pass.
+    assert len([e for e in result.all_events if e.event_type_value == "STEP_START" and e.step_key == "clickstream_events"]) == 1
+
+
+def test_accounting_check_fails_when_days_are_missing(log, tmp_path, dagster_instance):
+    path, _ = log
+    materialize(PREPARE[:1], resources=resources(path, tmp_path), instance=dagster_instance, partition_key="2012-03-01")
+    result = materialize(
+        [prepare.clickstream_events, prepare.clickstream_rejects, prepare.every_line_accounted_for],
+        selection=[prepare.clickstream_rejects],
+        resources=resources(path, tmp_path),
+        instance=dagster_instance,
+    )
+    [evaluation] = result.get_asset_check_evaluations()
+    assert not evaluation.passed
+    assert evaluation.metadata["days_not_prepared"].value.startswith("2012-03-02")
+
+
+def test_a_missing_log_fails_once_naming_the_file(tmp_path, dagster_instance: DagsterInstance):
+    missing = tmp_path / "nowhere" / "clickstream.csv"
+    result = materialize(
+        PREPARE[:1], resources=resources(missing, tmp_path), instance=dagster_instance,
+        partition_key="2012-03-01", raise_on_error=False,
+    )
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert str(missing) in failure.event_specific_data.error.message
+    assert not list(tmp_path.glob("clickstream_events/*"))
+
+
+def test_a_tab_separated_log_prepares_the_same_rows(tmp_path, dagster_instance):
+    tsv = tmp_path / "omniture-logs.tsv"
+    summary = write_log(tsv, rows=1500, seed=3, separator="\t")
+    result = materialize(PREPARE[:2], resources=resources(tsv, tmp_path), instance=dagster_instance, tags=ALL_DAYS)
+    assert result.success
+    kept = sum(pl.read_parquet(f).height for f in (tmp_path / "clickstream_events").glob("*.parquet"))
+    assert kept == summary.kept_rows_expected
