@@ -17,6 +17,7 @@ from dagster import (
 
 from clickstream_dagster.jobs import prepare_clickstream
 from clickstream_dagster.partitions import clickstream_days
+from clickstream_dagster.resources.log_file import ClickstreamLogFile
 
 CLICKSTREAM_CSV_KEY = "clickstream_csv"
 
@@ -41,7 +42,7 @@ def file_version(path: Path, previous: dict | None) -> dict:
     default_status=DefaultSensorStatus.RUNNING,
     description="When the log's content changes, prepare all days again in one run.",
 )
-def clickstream_log_changed(context: SensorEvaluationContext, clickstream_log):
+def clickstream_log_changed(context: SensorEvaluationContext, clickstream_log: ClickstreamLogFile):
     path = Path(clickstream_log.path)
     if not path.is_file():
         return SkipReason(f"clickstream log {path} not found (CLICKSTREAM_CSV)")

@@ -1,0 +1,52 @@
+"""Kafka connection settings: validation that names the setting, and secrets kept out of sight."""
+
+import pytest
+from dagster import Failure
+
+from clickstream_dagster.kafka_client import KafkaSettings
+from clickstream_dagster.resources.kafka import KafkaResource
+
+
+def test_plaintext_config_has_bounded_timeouts():
+    config = KafkaSettings("a:9092, b:9092", connect_timeout_s=7).client_config()
+    assert config["bootstrap_servers"] == ["a:9092", "b:9092"]
+    assert config["bootstrap_timeout_ms"] == 7000
+    assert "sasl_plain_password" not in config
+
+
+def test_sasl_ssl_config_carries_credentials_and_files():
+    settings = KafkaSettings(
+        "b:9093", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="u", sasl_password="s3cret", ssl_cafile="/ca.pem",
+    )
+    config = settings.client_config()
+    assert (config["sasl_mechanism"], config["sasl_plain_username"], config["sasl_plain_password"]) == ("SCRAM-SHA-512", "u", "s3cret")
+    assert config["ssl_cafile"] == "/ca.pem"
+    assert "s3cret" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"security_protocol": "TLS"}, "security_protocol='TLS'"),
+        ({"security_protocol": "SASL_SSL", "sasl_mechanism": "GSSAPI", "sasl_username": "u", "sasl_password": "p"}, "sasl_mechanism='GSSAPI'"),
+        ({"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN"}, "needs sasl_username and sasl_password"),
+        ({"connect_timeout_s": 0}, "connect_timeout_s=0"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_setting(kwargs, named):
+    with pytest.raises(ValueError, match=named):
+        KafkaSettings("b:9092", **kwargs)
+
+
+def test_the_resource_turns_bad_settings_into_a_final_failure():
+    with pytest.raises(Failure, match="security_protocol='TLS'") as failure:
+        KafkaResource(security_protocol="TLS").settings()
+    assert failure.value.allow_retries is False
+
+
+def test_an_unavailable_error_names_the_servers_and_hides_the_password():
+    settings = KafkaSettings("b:9093", security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="u", sasl_password="s3cret")
+    message = str(settings.unavailable("connecting", TimeoutError("timed out")))
+    assert message.startswith("Kafka at b:9093 (SASL_PLAINTEXT): connecting failed within 30 s")
+    assert "s3cret" not in message
