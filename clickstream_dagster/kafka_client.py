@@ -121,6 +121,9 @@ class KafkaPublisher:
         } | producer_options
         try:
             self.producer = KafkaProducer(**settings.client_config(), **options)
+            # Fetch the topic's metadata now, so the first send does not block on it and
+            # start the replay's schedule late.
+            self.producer.partitions_for(topic)
         except (KafkaError, OSError) as error:
             raise settings.unavailable("connecting the producer", error) from error
 

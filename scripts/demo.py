@@ -12,12 +12,15 @@ import importlib.util
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DAY = os.environ.get("DEMO_DAY", "2012-03-01")
 RATE = float(os.environ.get("DEMO_RATE", "2000"))
 SHOW_MESSAGES = 5
+# Progress lines (INFO) on the console, without Dagster's step-by-step DEBUG events.
+QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def start_local_broker() -> str:
@@ -32,6 +35,7 @@ def start_local_broker() -> str:
 
 
 def main() -> int:
+    warnings.filterwarnings("ignore", message=".*(beta|preview).*", category=Warning)
     os.environ.setdefault("DAGSTER_HOME", str(REPO / ".dagster_home"))
     if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         os.environ["KAFKA_BOOTSTRAP_SERVERS"] = start_local_broker()
@@ -45,6 +49,7 @@ def main() -> int:
     print(f"Preparing {days[0]}..{days[-1]} from {defs.resources['clickstream_log'].path} ...")
     prepared = defs.resolve_job_def("prepare_clickstream").execute_in_process(
         instance=instance,
+        run_config=QUIET,
         tags={"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]},
     )
     checks = [e.event_specific_data for e in prepared.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
@@ -53,7 +58,7 @@ def main() -> int:
     config = {"pacing": "max", "max_rate": RATE}
     print(f"Replaying {DAY} into click-data at up to {RATE:g} msgs/s ...")
     replayed = defs.resolve_job_def("replay_clickstream").execute_in_process(
-        instance=instance, partition_key=DAY, run_config={"ops": {"click_data": {"config": config}}}
+        instance=instance, partition_key=DAY, run_config={"ops": {"click_data": {"config": config}}, **QUIET}
     )
     [mat] = replayed.asset_materializations_for_node("click_data")
     meta = {k: v.value for k, v in mat.metadata.items()}
