@@ -43,7 +43,7 @@ kafka-status:
 
 # Re-generate the committed sample log (deterministic: the same bytes every time).
 data: setup
-	$(PY) -m clickstream_dagster.generator --rows 45000 --out data/clickstream.csv
+	$(PY) -m clickstream_dagster.generator --rows 45000 --out data/clickstream.csv --summary data/clickstream.summary.json
 
 bench-prepare: setup
 	$(PY) benchmarks/bench_prepare.py

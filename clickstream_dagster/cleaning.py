@@ -288,19 +288,15 @@ class StagedLog:
         reason = pl.lit(RejectReason.DUPLICATE.value).alias("reason")
         return flagged.filter("is_duplicate").select("line_number", reason, "raw_line")
 
-    def day_rejects(self, day: str) -> pl.LazyFrame:
-        """Lines dated on this day that were not kept (lines with no valid day are in none)."""
-        parts = [d for d in [self._duplicates(day)] if d is not None]
+    def rejects(self, day: str | None = None) -> pl.LazyFrame:
+        """Lines not kept (rule breakers and duplicates), by line number; with ``day``,
+        only those dated on that day (lines without a valid date belong to no day)."""
+        days = self.window.days() if day is None else [day]
+        parts = [d for d in map(self._duplicates, days) if d is not None]
         rejected = self._bucket(_REJECTED_BUCKET)
         if rejected is not None:
-            parts.append(rejected.filter(pl.col("day") == day).select(REJECTS_SCHEMA.names()))
-        return pl.concat(parts).sort("line_number") if parts else pl.LazyFrame(schema=REJECTS_SCHEMA)
-
-    def rejects(self) -> pl.LazyFrame:
-        """Every line not kept, by line number: rule breakers and duplicates."""
-        parts = [d for d in map(self._duplicates, self.window.days()) if d is not None]
-        rejected = self._bucket(_REJECTED_BUCKET)
-        if rejected is not None:
+            if day is not None:
+                rejected = rejected.filter(pl.col("day") == day)
             parts.append(rejected.select(REJECTS_SCHEMA.names()))
         return pl.concat(parts).sort("line_number") if parts else pl.LazyFrame(schema=REJECTS_SCHEMA)
 
@@ -309,8 +305,7 @@ def stage_log(log: LogFile, window: DayWindow, directory: Path) -> StagedLog:
     """Scan the file once, streaming, into ``directory/bucket=<day|rejected>/*.parquet``."""
     bucket = pl.when(pl.col("reason").is_null()).then("day").otherwise(pl.lit(_REJECTED_BUCKET))
     staged = classify(log, window).with_columns(bucket=bucket)
-    # Rejected lines keep only what the rejects table needs; kept lines drop nothing
-    # because duplicates (decided per day later) need their raw line too.
+    # Kept lines keep their raw line too: duplicates, decided per day later, are rejects.
     staged.sink_parquet(
         pl.PartitionBy(directory, key="bucket", include_key=False),
         compression="lz4",

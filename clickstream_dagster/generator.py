@@ -81,7 +81,7 @@ import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import numpy as np
 import polars as pl
@@ -242,7 +242,7 @@ _EXTERNAL_REFERRERS: tuple[tuple[float, str], ...] = (
 
 # Local-time activity profile by hour of day (peaks in the evening).
 _HOURLY = np.array(
-    [0.9, 0.55, 0.35, 0.25, 0.22, 0.28, 0.5, 0.85, 1.2, 1.45, 1.6, 1.7,
+    [1.0, 0.7, 0.5, 0.4, 0.36, 0.42, 0.62, 0.9, 1.2, 1.45, 1.6, 1.7,
      1.85, 1.75, 1.7, 1.7, 1.8, 2.0, 2.35, 2.75, 3.1, 3.2, 2.7, 1.75]
 )
 # Day weights by weekday (Mon=0 .. Sun=6); 2012-03-01 is a Thursday.
@@ -260,8 +260,11 @@ class LogSummary:
     """What was written, and what a correct cleaning step must end up with.
 
     ``kept_rows_expected`` = ``rows`` - sum of ``defects``; ``first_timestamp``,
-    ``last_timestamp`` and ``rows_per_day`` (UTC dates, all 15 days) describe those
-    kept (valid, de-duplicated) rows.
+    ``last_timestamp``, ``rows_per_day`` (UTC dates, all 15 days), ``home_page_rows``,
+    ``distinct_users`` and ``sessions`` describe those kept (valid, de-duplicated) rows.
+    ``reject_reasons`` regroups ``defects`` under the reason names of
+    ``clickstream_dagster.cleaning.RejectReason`` (truncated lines are
+    ``malformed_line``; missing and malformed user ids are both ``invalid_user_id``).
     """
 
     rows: int
@@ -276,6 +279,7 @@ class LogSummary:
     first_datetime: str
     last_datetime: str
     rows_per_day: dict[str, int]
+    reject_reasons: dict[str, int]
     home_page_rows: int
     distinct_users: int
     sessions: int
@@ -315,6 +319,9 @@ def _load_reference(reference_dir: Path) -> tuple[list[str], int, list[str], np.
     home = [i for i, u in enumerate(urls) if u.rstrip("/").count("/") == 2]
     if len(home) != 1:
         raise ValueError(f"expected exactly one home page url in products.tsv, got {home}")
+    product_ids = [u.rstrip("/").rsplit("/", 1)[-1] for i, u in enumerate(urls) if i != home[0]]
+    if len(set(product_ids)) != len(product_ids) or len(set(urls)) != len(urls):
+        raise ValueError("products.tsv urls and their product ids (last path segment) must be unique")
     swids = [r[0] if r else "" for r in _read_tsv(Path(reference_dir) / "users.tsv")]
     swids = [s for s in swids if s != ""]
     clean = np.fromiter((_SWID_RE.fullmatch(s) is not None for s in swids), bool, len(swids))
@@ -378,7 +385,7 @@ class _Plan:
     kind: np.ndarray  # int8 defect kind per base row (0 = valid)
     variant: np.ndarray  # int8 variant of the defect
     param: np.ndarray  # float64 in [0, 1) parameter of the defect
-    dup: np.ndarray  # bool: base row is followed by an exact duplicate
+    dup: np.ndarray  # int: how many exact copies follow the base row (mostly 0, else 1)
     # per session
     s_visitor: np.ndarray
     s_sid: np.ndarray
@@ -392,22 +399,23 @@ class _Plan:
 
 
 def _plan(rows: int, seed: int, urls: list[str], home: int, swids: list[str],
-          clean: np.ndarray, defect_rate: float) -> _Plan:
+          clean: np.ndarray, defect_rate: float, allow_duplicates: bool = True) -> _Plan:
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x0C11C4]))
     n_users = len(swids)
     n_url = len(urls)
 
     # -- how many lines are duplicates; the rest are generated page views
     shares = _p(_DEFECT_SHARES)
-    n_dup = int(rng.binomial(rows, defect_rate * shares[-1])) if rows > 1 else 0
+    n_dup = int(rng.binomial(rows, defect_rate * shares[-1])) if rows > 1 and allow_duplicates else 0
     n_base = rows - n_dup
 
     # -- users: skewed popularity, a home city, a primary browser, a visitor id
     ranks = rng.permutation(n_users)
     dirty = np.flatnonzero(~clean)
-    if defect_rate > 0 and dirty.size:
+    pool = np.arange(min(40, n_users // 4), min(n_users, 1500))
+    if defect_rate > 0 and 0 < dirty.size <= pool.size:
         # users.tsv's own dirty SWIDs are moderately active, so they show up
-        targets = rng.choice(np.arange(40, min(n_users, 1500)), size=dirty.size, replace=False)
+        targets = rng.choice(pool, size=dirty.size, replace=False)
         for d, t in zip(dirty, targets):
             other = np.flatnonzero(ranks == t)[0]
             ranks[other], ranks[d] = ranks[d], t
@@ -497,6 +505,8 @@ def _plan(rows: int, seed: int, urls: list[str], home: int, swids: list[str],
     url = rng.choice(prod, size=n_base, p=prod_w).astype(np.int16)
     is_home = rng.random(n_base) < np.where(first, 0.12, 0.025)
     url[is_home] = home
+    _break_accidental_duplicates(ts, s_visitor[sess_of_row], s_ip[sess_of_row], s_ua[sess_of_row],
+                                 url, prod, home)
     ext = rng.choice(len(_EXTERNAL_REFERRERS), size=n_base, p=_p([w for w, _ in _EXTERNAL_REFERRERS]))
     ref = np.empty(n_base, dtype=np.int16)
     ref[1:] = url[:-1]
@@ -519,13 +529,46 @@ def _plan(rows: int, seed: int, urls: list[str], home: int, swids: list[str],
     kind[~clean[s_visitor[sess]]] = _K_MALFORMED
     variant = rng.integers(0, 7, size=n_base, dtype=np.int8)
     param = rng.random(n_base)
-    dup = np.zeros(n_base, dtype=bool)
     valid_idx = np.flatnonzero(kind == _KIND_VALID)
-    n_dup = min(n_dup, valid_idx.size)
-    dup[rng.choice(valid_idx, size=n_dup, replace=False)] = True
+    if n_dup and valid_idx.size == 0:  # only possible for a handful of rows
+        return _plan(rows, seed, urls, home, swids, clean, defect_rate, allow_duplicates=False)
+    picked = rng.choice(valid_idx, size=n_dup, replace=n_dup > valid_idx.size)
+    dup = np.bincount(picked, minlength=n_base).astype(np.int8)
 
     return _Plan(n_base, ts, sess, url, ref, kind, variant, param, dup,
                  s_visitor, s_sid, s_ip, s_ua, u_vid, u_city, ip_table, clean)
+
+
+def _break_accidental_duplicates(ts: np.ndarray, visitor: np.ndarray, ip: np.ndarray, ua: np.ndarray,
+                                 url: np.ndarray, products: np.ndarray, home: int) -> None:
+    """Make the generated page views distinct on what cleaning publishes.
+
+    Cleaning de-duplicates on (timestamp, user id, ip, product id, user agent), not on
+    the whole line.  Two overlapping sessions of one visitor could, rarely, view the
+    same product in the same second from the same ip and browser; such a pair would be
+    merged downstream and break ``kept_rows_expected``.  The later view of each such
+    pair is moved to the next product (in place, deterministic).
+    """
+    key = (visitor.astype(np.int64) << 21) | (ts - FIRST_TS)  # ts - FIRST_TS < 2**21
+    order = np.argsort(key, kind="stable")
+    k_sorted = key[order]
+    same = np.flatnonzero(k_sorted[1:] == k_sorted[:-1])
+    cand = np.unique(np.concatenate([order[same], order[same + 1]]))  # same visitor and second
+    if cand.size == 0:
+        return
+    next_url = np.empty(max(int(products.max()), home) + 1, dtype=url.dtype)
+    next_url[products] = np.roll(products, -1)
+    next_url[home] = products[0]
+    for _ in range(64):
+        full = np.lexsort((cand, url[cand], ua[cand], ip[cand], key[cand]))  # last key sorts first
+        c = cand[full]
+        equal = ((key[c][1:] == key[c][:-1]) & (ip[c][1:] == ip[c][:-1]) & (ua[c][1:] == ua[c][:-1])
+                 & (url[c][1:] == url[c][:-1]))
+        if not equal.any():
+            return
+        later = c[1:][equal]
+        url[later] = next_url[url[later]]
+    raise RuntimeError("could not make page views distinct")  # pragma: no cover
 
 
 def _make_ips(rng: np.random.Generator, prefixes: list[str]) -> np.ndarray:
@@ -537,8 +580,6 @@ def _make_ips(rng: np.random.Generator, prefixes: list[str]) -> np.ndarray:
 
 # ------------------------------------------------------------------------- writing
 
-_MALFORMED_N = 7
-_NONNUM_N = 7
 _RANGE_N = 7
 
 
@@ -678,7 +719,7 @@ def _write_rows(out: BinaryIO, plan: _Plan, urls: list[str], swids: list[str], s
 
         dup = plan.dup[b0:b1]
         if dup.any():
-            line_s = line_s.gather(np.repeat(np.arange(b1 - b0), 1 + dup.astype(np.int64)))
+            line_s = line_s.gather(np.repeat(np.arange(b1 - b0), 1 + dup))
         out.flush()
         line_s.to_frame().write_csv(out, include_header=False, quote_style="never", line_terminator="\n")
         del df, line_s
@@ -717,6 +758,13 @@ def _summarise(plan: _Plan, rows: int, seed: int, sep: str, home: int, defect_ra
         first_datetime=_fmt_ts(first) if vts.size else "",
         last_datetime=_fmt_ts(last) if vts.size else "",
         rows_per_day=per_day,
+        reject_reasons={
+            "malformed_line": defects["truncated_line"],
+            "invalid_timestamp": defects["non_numeric_timestamp"],
+            "out_of_range": defects["out_of_range_timestamp"],
+            "invalid_user_id": defects["missing_user_id"] + defects["malformed_user_id"],
+            "duplicate": defects["duplicate"],
+        },
         home_page_rows=int((plan.url[valid] == home).sum()),
         distinct_users=int(np.unique(plan.s_visitor[plan.sess[valid]]).size),
         sessions=int(np.unique(plan.sess[valid]).size),
@@ -795,10 +843,6 @@ def generate_log(
     buf = io.BytesIO()
     summary = _generate(buf, rows, seed, separator, Path(reference_dir), defect_rate, DEFAULT_CHUNK_ROWS)
     return GeneratedLog(data=buf.getvalue(), summary=summary)
-
-
-def iter_defect_kinds() -> Iterator[str]:
-    return iter(DEFECT_KINDS)
 
 
 # ------------------------------------------------------------------------------- CLI

@@ -65,7 +65,7 @@ def clickstream_events(
         for day in days:
             frames[day] = staged.day_events(day)
             summary = summarize_events(frames[day])
-            rejects = count_by_reason(staged.day_rejects(day))
+            rejects = count_by_reason(staged.rejects(day))
             context.add_asset_metadata(
                 {
                     **numeric(
