@@ -4,7 +4,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from dagster import DagsterInstance, materialize
+from dagster import AssetCheckKey, AssetKey, DagsterInstance, materialize
 
 from clickstream_dagster.assets import prepare
 from clickstream_dagster.cleaning import PUBLISHED_COLUMNS
@@ -76,6 +76,11 @@ def test_all_days_in_one_run_account_for_every_line(log, tmp_path, dagster_insta
         "timestamps_inside_day": True,
         "no_duplicate_page_views": True,
     }
+    # Each day shows its own check status, although the range ran as one step.
+    for name in ("no_null_user_id", "timestamps_inside_day", "no_duplicate_page_views"):
+        key = AssetCheckKey(AssetKey("clickstream_events"), name)
+        statuses = {i.partition_key: i.latest_execution_status.value for i in dagster_instance.event_log_storage.get_asset_check_partition_info([key])}
+        assert {day: statuses.get(day) for day in summary.rows_per_day} == dict.fromkeys(summary.rows_per_day, "SUCCEEDED")
     # The events were scanned from the log once: one step, one staging pass.
     assert len([e for e in result.all_events if e.event_type_value == "STEP_START" and e.step_key == "clickstream_events"]) == 1
 
