@@ -266,38 +266,32 @@ class StagedLog:
     path: Path
     window: DayWindow
 
-    def _flagged_day(self, day: str) -> pl.LazyFrame:
-        """The day's well-formed lines (without their raw text), duplicates flagged."""
-        kept = pl.scan_parquet(self.path).filter((pl.col("day") == day) & pl.col("reason").is_null())
-        first = pl.struct(*PUBLISHED_COLUMNS).is_first_distinct()
-        return kept.select("line_number", *PUBLISHED_COLUMNS).sort("line_number").with_columns(is_duplicate=~first)
+    def _split_day(self, day: str) -> tuple[Path, Path]:
+        """Deduplicate one day, once: its kept events, and the line numbers of its duplicates.
+
+        One day in memory at a time (without the raw text); both results are kept beside
+        the staged lines, so reading them again is a cheap scan.
+        """
+        events = self.path.with_name(f"events-{day}.parquet")
+        duplicates = self.path.with_name(f"duplicates-{day}.parquet")
+        if not events.exists():
+            lines = pl.scan_parquet(self.path).filter((pl.col("day") == day) & pl.col("reason").is_null())
+            first = pl.struct(*PUBLISHED_COLUMNS).is_first_distinct()
+            flagged = lines.select("line_number", *PUBLISHED_COLUMNS).sort("line_number").with_columns(first=first).collect()
+            flagged.filter("first").sort("original_timestamp", "line_number").select(PUBLISHED_COLUMNS).write_parquet(events)
+            flagged.filter(~pl.col("first")).select("line_number").write_parquet(duplicates)
+        return events, duplicates
 
     def day_events(self, day: str) -> pl.LazyFrame:
-        """The day's kept page views, sorted by time; ties keep file order.
-
-        Computed once per day, one day in memory at a time, and kept beside the staged
-        lines: the result is a scan of that file, cheap to read again.
-        """
-        path = self.path.with_name(f"events-{day}.parquet")
-        if not path.exists():
-            (
-                self._flagged_day(day)
-                .filter(~pl.col("is_duplicate"))
-                .sort("original_timestamp", "line_number")
-                .select(PUBLISHED_COLUMNS)
-                .collect()
-                .write_parquet(path)
-            )
-        return pl.scan_parquet(path)
+        """The day's kept page views, sorted by time; ties keep file order."""
+        return pl.scan_parquet(self._split_day(day)[0])
 
     def rejects(self, day: str | None = None) -> pl.LazyFrame:
         """Lines not kept (rule breakers and duplicates), by line number; with ``day``,
         only those dated on that day (lines without a valid date belong to no day)."""
         days = self.window.days() if day is None else [day]
-        # Day by day, one in memory at a time; the raw text is fetched for duplicates only.
-        duplicate_lines = pl.concat(
-            [self._flagged_day(d).filter("is_duplicate").select("line_number").collect() for d in days]
-        )["line_number"]
+        # The raw text is fetched for duplicates only, by line number.
+        duplicate_lines = pl.read_parquet([self._split_day(d)[1] for d in days])["line_number"]
         lines = pl.scan_parquet(self.path)
         duplicates = lines.filter(pl.col("line_number").is_in(duplicate_lines.implode())).with_columns(
             reason=pl.lit(RejectReason.DUPLICATE.value)

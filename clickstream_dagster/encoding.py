@@ -7,6 +7,7 @@ that one number: the hot loop joins three byte strings instead of serialising JS
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from enum import StrEnum
@@ -42,7 +43,13 @@ class EncodedMessages:
         return len(self.keys)
 
     def value(self, i: int, replay_time_ns: int) -> bytes:
-        return self.prefixes[i] + str(replay_time_ns // self.divisor).encode() + self.suffixes[i]
+        return self.prefixes[i] + _replay_time_text(replay_time_ns // self.divisor) + self.suffixes[i]
+
+
+@functools.lru_cache(maxsize=1)
+def _replay_time_text(replay_time: int) -> bytes:
+    # Consecutive messages mostly share a millisecond: encode each value once (hot loop).
+    return str(replay_time).encode()
 
 
 def encode_messages(events: pl.DataFrame, message_format: MessageFormat | str) -> EncodedMessages:
