@@ -1,0 +1,545 @@
+"""Benchmark: replaying one prepared day into a real Kafka broker.
+
+Run with ``make bench-replay`` (= ``.venv/bin/python benchmarks/bench_replay.py``).
+
+The broker is ``$KAFKA_BOOTSTRAP_SERVERS`` if set, else a single-node Apache Kafka
+(KRaft) started by ``scripts/local_kafka.py`` on a free port in a temporary state dir
+and stopped at the end (also on error). The day is one full-scale day: the 400,000-row
+generated log (``benchmarks/out/``, shared with ``bench_prepare.py``) cleaned with
+``clickstream_dagster.cleaning``, one day's events collected.
+
+Throughput, max pacing (every run on a fresh 3-partition topic; rounds alternate the
+candidates' order; medians):
+
+* **replay**: what the ``click_data`` asset does minus Dagster: ``encode_messages`` +
+  ``send_offsets`` (timed apart, as the encoding time), then ``run_replay`` through a
+  ``KafkaPublisher`` (idempotent, acks=all, linger 5 ms, the run's headers); timed
+  from the first send to the last acknowledgement (``ReplayProgress.elapsed_s``).
+* **bare**: a plain kafka-python loop over the same messages, pre-encoded (values
+  built before the clock starts), through the same ``KafkaProducer`` settings (the
+  publisher's own producer), same headers, then ``flush()``.
+* **kcat**: ``kcat -P -K<TAB>`` reading the same key/value lines from a file, with the
+  same headers and ``enable.idempotence=true acks=all linger.ms=5``, murmur2
+  partitioner; timed as the whole process (start, connect, send, wait for acks).
+
+Timing fidelity (``run_replay`` + ``KafkaPublisher``; lateness = actual - scheduled send
+time, from ``ReplayProgress.lateness_ms()``):
+
+* original pacing at speed 200: the first messages of the day that cover
+  ``ORIGINAL_SCHEDULE_S`` of schedule (the whole day would take ~7 min per run);
+* fixed 20 ms interval over 2,000 messages (40 s); the achieved mean interval is
+  (actual send time of the last - of the first) / (n - 1).
+
+Every run's delivery is checked: the topic's end offsets must add up to the count sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.util
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_prepare import FULL_ROWS, OUT, README, ROOT, ensure_log, machine, yes
+
+from clickstream_dagster.cleaning import inspect_log, stage_log
+from clickstream_dagster.encoding import encode_messages, replay_headers
+from clickstream_dagster.kafka_client import KafkaPublisher, KafkaSettings, ensure_topic
+from clickstream_dagster.pacing import Pacing, send_offsets
+from clickstream_dagster.partitions import DATASET_WINDOW
+from clickstream_dagster.replay import ReplayProgress, progress_line, run_replay
+
+SECTION = ("<!-- bench-replay:start -->", "<!-- bench-replay:end -->")
+DAY = "2012-03-07"
+PARTITIONS = 3
+LINGER_MS = 5  # KafkaPublisher's default
+SPEED = 200.0
+ORIGINAL_SCHEDULE_S = 60.0
+FIXED_INTERVAL_MS = 20.0
+FIXED_MESSAGES = 2_000
+
+TARGET_OVERHEAD = 0.10
+TARGET_DRIFT_MS = 50.0
+TARGET_P99_MS = 10.0
+TARGET_INTERVAL_ERROR = 0.01
+
+
+def load_local_kafka():
+    path = ROOT / "scripts" / "local_kafka.py"
+    spec = importlib.util.spec_from_file_location("clickstream_local_kafka", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses need the module registered
+    spec.loader.exec_module(module)
+    return module
+
+
+# ----------------------------------------------------------------------------- the day
+
+
+def day_events() -> pl.DataFrame:
+    path, _ = ensure_log(FULL_ROWS)
+    with tempfile.TemporaryDirectory(prefix="staging-", dir=OUT) as staging:
+        staged = stage_log(inspect_log(path), DATASET_WINDOW, Path(staging))
+        return staged.day_events(DAY).collect()
+
+
+# ----------------------------------------------------------------------------- topics
+
+
+class Topics:
+    """Fresh topics on one cluster; each is deleted once its run is checked."""
+
+    def __init__(self, settings: KafkaSettings):
+        from kafka import KafkaAdminClient, KafkaConsumer
+
+        self.settings = settings
+        self.admin = KafkaAdminClient(**settings.client_config())
+        self.consumer = KafkaConsumer(**settings.client_config())
+
+    def fresh(self, label: str) -> str:
+        topic = f"bench-replay-{label}-{uuid.uuid4().hex[:8]}"
+        ensure_topic(self.settings, topic, partitions=PARTITIONS, replication_factor=1, create=True)
+        return topic
+
+    def delivered(self, topic: str) -> int:
+        from kafka import TopicPartition
+
+        parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        return sum(self.consumer.end_offsets(parts).values())
+
+    def check_and_delete(self, topic: str, expected: int) -> bool:
+        delivered = self.delivered(topic)
+        try:
+            self.admin.delete_topics([topic], timeout_ms=30_000)
+        except Exception as error:  # noqa: BLE001 - cleanup only
+            print(f"  (could not delete {topic}: {error!r})")
+        if delivered != expected:
+            print(f"  !! {topic}: {delivered} messages in the topic, {expected} sent", flush=True)
+        return delivered == expected
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.admin.close()
+
+
+# ----------------------------------------------------------------------------- candidates
+
+
+def run_project_replay(settings, topics, events, pacing, label) -> dict:
+    """encode_messages + send_offsets + run_replay through a KafkaPublisher."""
+    t0 = time.perf_counter()
+    messages = encode_messages(events, "json")
+    offsets = send_offsets(events["original_timestamp"].to_numpy(), pacing)
+    encode_s = time.perf_counter() - t0
+    topic = topics.fresh(label)
+    publisher = KafkaPublisher(settings, topic, replay_headers(DAY, uuid.uuid4().hex))
+    progress = ReplayProgress(total=len(messages))
+    try:
+        run_replay(
+            messages, offsets, publisher, progress=progress, on_progress=lambda p: progress_line(p, offsets)
+        )
+    finally:
+        publisher.close()
+    ok = progress.acked == len(messages) and topics.check_and_delete(topic, len(messages))
+    sent_at = offsets[: progress.sent] + progress.lateness_s[: progress.sent]  # s after the start
+    return {
+        "messages": len(messages),
+        "seconds": progress.elapsed_s,
+        "rate": progress.acked / progress.elapsed_s,
+        "encode_s": encode_s,
+        "lateness": progress.lateness_ms(),
+        "mean_interval_ms": float((sent_at[-1] - sent_at[0]) / (len(sent_at) - 1) * 1000)
+        if len(sent_at) > 1
+        else None,
+        "schedule_s": float(offsets[-1]),
+        "ok": ok,
+    }
+
+
+def run_bare(settings, topics, keys, values, headers) -> dict:
+    """A plain kafka-python send loop over pre-encoded messages, then flush."""
+    topic = topics.fresh("bare")
+    publisher = KafkaPublisher(settings, topic, headers)  # the very same producer settings
+    producer = publisher.producer
+    try:
+        futures = []
+        t0 = time.perf_counter()
+        for key, value in zip(keys, values):
+            futures.append(producer.send(topic, value=value, key=key, headers=headers))
+        producer.flush()
+        seconds = time.perf_counter() - t0
+    finally:
+        publisher.close()
+    acked = sum(1 for f in futures if f.is_done and not f.failed())
+    ok = acked == len(keys) and topics.check_and_delete(topic, len(keys))
+    return {"messages": len(keys), "seconds": seconds, "rate": len(keys) / seconds, "ok": ok}
+
+
+def run_kcat(kcat, settings, topics, lines_path: Path, n: int, headers) -> dict:
+    topic = topics.fresh("kcat")
+    cmd = [
+        kcat,
+        "-P",
+        "-b",
+        settings.bootstrap_servers,
+        "-t",
+        topic,
+        "-K",
+        "\t",
+        "-X",
+        "enable.idempotence=true",
+        "-X",
+        "acks=all",
+        "-X",
+        f"linger.ms={LINGER_MS}",
+        "-X",
+        "partitioner=murmur2_random",
+    ]
+    for name, value in headers:
+        cmd += ["-H", f"{name}={value.decode()}"]
+    with open(lines_path, "rb") as stdin:
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, check=False, stdin=stdin, capture_output=True, text=True, timeout=300)
+        seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"kcat failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    ok = topics.check_and_delete(topic, n)
+    return {"messages": n, "seconds": seconds, "rate": n / seconds, "ok": ok}
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def med(values) -> float:
+    return statistics.median(values)
+
+
+def span(values, fmt="{:.0f}") -> str:
+    return f"{fmt.format(min(values))}-{fmt.format(max(values))}"
+
+
+def render(r: dict) -> str:
+    m, tp, fid, t = r["machine"], r["throughput"], r["fidelity"], r["targets"]
+    load = f"load average {m['load'][0]:.1f} at the start, {r['load_end'][0]:.1f} at the end"
+    checked = "(all matched)." if r["all_ok"] else "(**some did NOT match**, see the run log)."
+    lines = [
+        (
+            f"`make bench-replay` (= `.venv/bin/python benchmarks/bench_replay.py`), run {r['date']} on "
+            f"{m['nproc']} cores ({m['cpu']}), shared with other work ({load}); "
+            f"kafka-python {r['versions']['kafka-python']}, {r['broker']}, {r['kcat_version'] or 'no kcat'}; "
+            f"code at `{m['rev']}`. Total benchmark time {r['total_s'] / 60:.1f} min."
+        ),
+        "",
+        (
+            f"One full-scale day ({DAY}: {r['day_rows']:,} page views, {r['mean_value_bytes']:.0f}-byte JSON "
+            f"values on average) of the {FULL_ROWS:,}-row generated log; "
+            f"a fresh {PARTITIONS}-partition topic "
+            f"per run; rounds alternate the candidates' order; every run's message count was checked in the "
+            f"topic {checked}"
+        ),
+        "",
+        f"Throughput, max pacing ({tp['runs']} runs each, medians):",
+        "",
+        "| candidate | msgs/s median | msgs/s min-max | time median | vs bare loop |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    bare_rate = med([x["rate"] for x in tp["bare"]])
+    for name, label in (
+        ("replay", "project replay (`run_replay` + `KafkaPublisher`)"),
+        ("bare", "bare kafka-python loop, pre-encoded, then `flush()`"),
+        ("kcat", "`kcat -P -K<TAB>` from a file (whole process)"),
+    ):
+        runs = tp.get(name)
+        if not runs:
+            lines.append(f"| {label} | skipped: {tp.get('kcat_note', 'n/a')} | | | |")
+            continue
+        rates = [x["rate"] for x in runs]
+        seconds = med([x["seconds"] for x in runs])
+        lines.append(
+            f"| {label} | {med(rates):,.0f} | {span(rates, '{:,.0f}')} | {seconds:.2f} s "
+            f"| {med(rates) / bare_rate:.2f}x |"
+        )
+    overhead = tp["overhead"]
+    rounds = ", ".join(f"{x * 100:+.0f}%" for x in overhead["all"])
+    kcat_line = (
+        f" kcat sends {tp['kcat_vs_bare']:.1f}x the bare loop's rate: the gap is kafka-python's "
+        "per-message Python path, not the broker."
+        if tp.get("kcat")
+        else ""
+    )
+    lines += [
+        "",
+        "The replay's overhead over the bare loop (bare rate / replay rate - 1, per side-by-side round): "
+        f"median **{overhead['median'] * 100:+.1f}%** (rounds: {rounds}). Encoding the day "
+        f"(`encode_messages` + `send_offsets`, before the clock starts): median {tp['encode_ms']:.0f} ms."
+        + kcat_line,
+        "",
+        (
+            f"Timing fidelity (`run_replay` + `KafkaPublisher`, {fid['runs']} runs each; "
+            "medians, worst run in "
+            "brackets):"
+        ),
+        "",
+        (
+            "| pacing | messages | schedule | final drift | lateness p50 | lateness p99 | lateness max "
+            "| mean interval |"
+        ),
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, label in (
+        ("original", f"original / speed {SPEED:g}"),
+        ("fixed", f"fixed {FIXED_INTERVAL_MS:g} ms"),
+    ):
+        runs = fid[name]
+        cells = []
+        for key, digits in (
+            ("final_drift_ms", 2),
+            ("lateness_p50_ms", 2),
+            ("lateness_p99_ms", 2),
+            ("lateness_max_ms", 1),
+        ):
+            values = [x["lateness"][key] for x in runs]
+            cells.append(f"{med(values):.{digits}f} ms ({max(values):.{digits}f})")
+        interval = "-"
+        if name == "fixed":
+            iv = [x["mean_interval_ms"] for x in runs]
+            worst_iv = max(iv, key=lambda v: abs(v - FIXED_INTERVAL_MS))
+            interval = f"{med(iv):.3f} ms ({worst_iv:.3f})"
+        lines.append(
+            f"| {label} | {runs[0]['messages']:,} | {runs[0]['schedule_s']:.1f} s | {' | '.join(cells)} "
+            f"| {interval} |"
+        )
+
+    def both(key: str) -> str:
+        o, f = t[key]["original"], t[key]["fixed"]
+        return f"original {o[0]:.2f} ms ({o[1]:.2f}); fixed {f[0]:.2f} ms ({f[1]:.2f})"
+
+    first = fid["original"][0]
+    error = t["interval_error"]
+    lines += [
+        "",
+        (
+            f"Original pacing covers the first {first['messages']:,} messages of the day "
+            f"({first['schedule_s']:.0f} s of schedule), not the whole day "
+            f"(~{r['full_day_schedule_s'] / 60:.0f} min at this speed), to keep the benchmark short."
+        ),
+        "",
+        "| target | measured (median; worst run) | |",
+        "| --- | --- | --- |",
+        (
+            f"| replay overhead over the bare loop < {TARGET_OVERHEAD * 100:.0f}% "
+            f"| {overhead['median'] * 100:+.1f}% | {yes(t['overhead'])} |"
+        ),
+        f"| final drift < {TARGET_DRIFT_MS:g} ms | {both('drift_ms')} | {yes(t['drift'])} |",
+        f"| lateness p99 < {TARGET_P99_MS:g} ms | {both('p99_ms')} | {yes(t['p99'])} |",
+        (
+            f"| fixed mean interval within {TARGET_INTERVAL_ERROR * 100:g}% of {FIXED_INTERVAL_MS:g} ms "
+            f"| {error[0] * 100:.3f}% off ({error[1] * 100:.3f}%) | {yes(t['interval'])} |"
+        ),
+        "",
+        (
+            "Targets are judged on the medians; the worst run is shown so that a noisy run is visible, "
+            "not hidden."
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def write_readme(text: str) -> None:
+    content = README.read_text()
+    start, end = SECTION
+    i, j = content.find(start), content.find(end)
+    if i < 0 or j < i:
+        print(f"README.md has no {start} ... {end} section: not updated", file=sys.stderr)
+        return
+    README.write_text(content[: i + len(start)] + "\n" + text + "\n" + content[j:])
+    print(f"README.md section {start} rewritten")
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=5, help="throughput runs per candidate (default 5)")
+    ap.add_argument("--fidelity-runs", type=int, default=3, help="runs per pacing (default 3)")
+    ap.add_argument("--no-readme", action="store_true", help="do not rewrite the README section")
+    args = ap.parse_args(argv)
+
+    t_start = time.perf_counter()
+    info = machine()
+    from importlib.metadata import version
+
+    versions = {"kafka-python": version("kafka-python"), "polars": version("polars")}
+    print(
+        f"machine: {info['nproc']} cores, {info['cpu']}, load {info['load'][0]:.1f}; code {info['rev']}",
+        flush=True,
+    )
+
+    events = day_events()
+    print(f"day {DAY}: {events.height:,} page views", flush=True)
+
+    kcat = shutil.which("kcat") or shutil.which("kafkacat")
+    kcat_version = None
+    if kcat:
+        out = subprocess.run([kcat, "-V"], check=False, capture_output=True, text=True).stdout
+        found = re.search(r"Version (\S+).*?(librdkafka \S+)", out)
+        kcat_version = f"kcat {found[1]} ({found[2]})" if found else "kcat"
+
+    broker, external = None, os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    work = Path(tempfile.mkdtemp(prefix="bench-replay-", dir=OUT))
+    try:
+        if external:
+            bootstrap, broker_desc = external, f"the cluster at {external}"
+        else:
+            lk = load_local_kafka()
+            t0 = time.perf_counter()
+            broker = lk.start_broker(work / "kafka", lk.free_port(), cache_dir=ROOT / ".kafka")
+            bootstrap = broker.bootstrap_servers
+            broker_desc = f"a local Apache Kafka {lk.kafka_version()} broker (KRaft, single node)"
+            print(f"broker up on {bootstrap} in {time.perf_counter() - t0:.1f} s", flush=True)
+        settings = KafkaSettings(bootstrap_servers=bootstrap, client_id="bench-replay")
+        topics = Topics(settings)
+        try:
+            report = measure(args, settings, topics, events, kcat, work)
+        finally:
+            topics.close()
+    finally:
+        if broker is not None:
+            broker.stop()
+            print("broker stopped", flush=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+    report |= {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": info,
+        "versions": versions,
+        "broker": broker_desc,
+        "kcat_version": kcat_version,
+        "load_end": os.getloadavg(),
+        "total_s": time.perf_counter() - t_start,
+    }
+    (OUT / "bench_replay.json").write_text(json.dumps(report, indent=1, default=str))
+    text = render(report)
+    print("\n" + text + "\n")
+    if not args.no_readme:
+        write_readme(text)
+    return 0
+
+
+def measure(args, settings, topics, events: pl.DataFrame, kcat, work: Path) -> dict:
+    # The bare loop and kcat send the very values the replay would (one fixed replay time).
+    messages = encode_messages(events, "json")
+    now_ns = time.time_ns()
+    keys = list(messages.keys)
+    values = [messages.value(i, now_ns) for i in range(len(messages))]
+    headers = replay_headers(DAY, uuid.uuid4().hex)
+    lines_path = work / "messages.tsv"
+    with open(lines_path, "wb") as f:
+        for key, value in zip(keys, values):
+            assert b"\t" not in key + value and b"\n" not in key + value
+            f.write(key + b"\t" + value + b"\n")
+
+    original_offsets = send_offsets(
+        events["original_timestamp"].to_numpy(), Pacing(mode="original", speed=SPEED)
+    )
+    n_original = int(np.searchsorted(original_offsets, ORIGINAL_SCHEDULE_S, side="right"))
+    original_events = events.head(n_original)
+    fixed_events = events.head(FIXED_MESSAGES)
+
+    candidates = ["replay", "bare"] + (["kcat"] if kcat else [])
+    tp: dict[str, list] = {c: [] for c in candidates}
+    fid: dict[str, list] = {"original": [], "fixed": []}
+    rounds = max(args.runs, args.fidelity_runs)
+    for i in range(rounds):
+        if i < args.runs:
+            order = candidates[i % len(candidates) :] + candidates[: i % len(candidates)]
+            for c in order:
+                if c == "replay":
+                    res = run_project_replay(settings, topics, events, Pacing(mode="max"), "max")
+                elif c == "bare":
+                    res = run_bare(settings, topics, keys, values, headers)
+                else:
+                    res = run_kcat(kcat, settings, topics, lines_path, len(keys), headers)
+                tp[c].append(res)
+                print(
+                    f"  round {i + 1} {c:<7} {res['rate']:8,.0f} msgs/s ({res['seconds']:.2f} s)"
+                    + (f", encoding {res['encode_s'] * 1000:.0f} ms" if "encode_s" in res else ""),
+                    flush=True,
+                )
+        if i < args.fidelity_runs:
+            for name, evs, pacing in (
+                ("original", original_events, Pacing(mode="original", speed=SPEED)),
+                ("fixed", fixed_events, Pacing(mode="fixed", interval_ms=FIXED_INTERVAL_MS)),
+            ):
+                res = run_project_replay(settings, topics, evs, pacing, name)
+                fid[name].append(res)
+                lat = res["lateness"]
+                print(
+                    f"  round {i + 1} {name:<8} {res['messages']} msgs over {res['schedule_s']:.1f} s: drift "
+                    f"{lat['final_drift_ms']:.2f} ms, p50 {lat['lateness_p50_ms']:.2f}, "
+                    f"p99 {lat['lateness_p99_ms']:.2f}, "
+                    f"max {lat['lateness_max_ms']:.1f} ms, mean interval {res['mean_interval_ms']:.3f} ms",
+                    flush=True,
+                )
+
+    overheads = [b["rate"] / r["rate"] - 1 for r, b in zip(tp["replay"], tp["bare"], strict=True)]
+    throughput = {
+        "runs": args.runs,
+        **tp,
+        "overhead": {"median": med(overheads), "all": overheads},
+        "encode_ms": med([x["encode_s"] for x in tp["replay"]]) * 1000,
+    }
+    if kcat:
+        throughput["kcat_vs_bare"] = med([x["rate"] for x in tp["kcat"]]) / med(
+            [x["rate"] for x in tp["bare"]]
+        )
+    else:
+        throughput["kcat_note"] = "kcat not installed (`apt-get install kcat`)"
+
+    def worst(name, key):
+        values = [x["lateness"][key] for x in fid[name]]
+        return med(values), max(values)
+
+    interval_errors = [
+        abs(x["mean_interval_ms"] - FIXED_INTERVAL_MS) / FIXED_INTERVAL_MS for x in fid["fixed"]
+    ]
+    drift = {n: worst(n, "final_drift_ms") for n in fid}
+    p99 = {n: worst(n, "lateness_p99_ms") for n in fid}
+    targets = {
+        "overhead": med(overheads) < TARGET_OVERHEAD,
+        "drift": all(abs(v[0]) < TARGET_DRIFT_MS for v in drift.values()),
+        "p99": all(v[0] < TARGET_P99_MS for v in p99.values()),
+        "interval": med(interval_errors) <= TARGET_INTERVAL_ERROR,
+        "drift_ms": drift,
+        "p99_ms": p99,
+        "interval_error": (med(interval_errors), max(interval_errors)),
+    }
+    all_runs = [x for c in candidates for x in tp[c]] + fid["original"] + fid["fixed"]
+    return {
+        "day_rows": events.height,
+        "mean_value_bytes": sum(map(len, values)) / len(values),
+        "full_day_schedule_s": float(original_offsets[-1]),
+        "throughput": throughput,
+        "fidelity": {"runs": args.fidelity_runs, **fid},
+        "targets": targets,
+        "all_ok": all(x["ok"] for x in all_runs),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
