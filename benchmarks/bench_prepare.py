@@ -456,9 +456,10 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_readme(text: str) -> None:
+def write_readme(text: str, section: tuple[str, str] = SECTION) -> None:
+    """Replace the README's figures between the section's two markers."""
     content = README.read_text()
-    start, end = SECTION
+    start, end = section
     i, j = content.find(start), content.find(end)
     if i < 0 or j < i:
         print(f"README.md has no {start} ... {end} section: not updated", file=sys.stderr)

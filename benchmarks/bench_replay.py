@@ -54,7 +54,7 @@ import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_prepare import FULL_ROWS, OUT, README, ROOT, ensure_log, machine, yes
+from bench_prepare import FULL_ROWS, OUT, ROOT, ensure_log, machine, write_readme, yes
 
 from clickstream_dagster.cleaning import inspect_log, stage_log
 from clickstream_dagster.encoding import encode_messages, replay_headers
@@ -359,17 +359,6 @@ def render(r: dict) -> str:
     return "\n".join(lines)
 
 
-def write_readme(text: str) -> None:
-    content = README.read_text()
-    start, end = SECTION
-    i, j = content.find(start), content.find(end)
-    if i < 0 or j < i:
-        print(f"README.md has no {start} ... {end} section: not updated", file=sys.stderr)
-        return
-    README.write_text(content[: i + len(start)] + "\n" + text + "\n" + content[j:])
-    print(f"README.md section {start} rewritten")
-
-
 # ----------------------------------------------------------------------------- main
 
 
@@ -437,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(report)
     print("\n" + text + "\n")
     if not args.no_readme:
-        write_readme(text)
+        write_readme(text, SECTION)
     return 0
 
 
