@@ -219,7 +219,9 @@ def classify(log: LogFile, window: DayWindow) -> pl.LazyFrame:
         pl.col("raw_line").str.extract_groups(_line_pattern(log)).alias("_fields")
     ).unnest("_fields")
     product = product_id(pl.col("url").str.strip_chars()) if log.has_product_urls else pl.col("product").str.strip_chars()
-    parsed = fields.with_columns(_unquote(pl.col(r)).alias(r) for r in roles).select(
+    if log.separator == ",":  # tab-separated logs have no quoting: their quotes are data
+        fields = fields.with_columns(_unquote(pl.col(r)).alias(r) for r in roles)
+    parsed = fields.select(
         "line_number",
         "raw_line",
         pl.col(roles[0]).is_not_null().alias("_parsed"),

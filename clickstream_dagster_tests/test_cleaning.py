@@ -169,6 +169,13 @@ def test_tab_separated_log_with_extra_columns_and_crlf(tmp_path):
     assert kept.row(0) == (MAR1, UID.upper(), "1.2.3.4", "B", "UA, with comma")
 
 
+def test_quotes_are_data_in_a_tab_separated_log(tmp_path):
+    path = tmp_path / "quoted.tsv"
+    path.write_text("\t".join(HEADER) + "\n" + "\t".join([str(MAR1), "x", "1.2.3.4", "http://www.acme.com/", UID, '"UA"']) + "\n")
+    kept, _ = prepare(path, tmp_path)
+    assert kept["userAgent"].to_list() == ['"UA"']
+
+
 def test_a_file_with_the_published_columns_is_read_as_is(tmp_path):
     header = list(PUBLISHED_COLUMNS)
     path = write_log(tmp_path, [f"{MAR1},{UID},1.2.3.4,VD1,UA", f"{MAR1 + 1},{UID},1.2.3.4,,UA"], header=header)
