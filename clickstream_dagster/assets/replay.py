@@ -113,7 +113,8 @@ def _report(progress: ReplayProgress, pacing: Pacing) -> dict:
     kinds={"kafka"},
     # One replay at a time, whatever launched it (dagster.yaml sets the pool's limit to 1).
     pool=REPLAY_POOL,
-    # Not idempotent (a retry would send the day twice): failures are final, never retried.
+    # No RetryPolicy: a replay is not idempotent (a retry would send the day again).
+    # A dry run sends nothing, so it materializes nothing (it logs an observation).
     output_required=False,
     description="One day of page views replayed into Kafka, keyed by userId, paced as configured.",
 )
