@@ -21,6 +21,7 @@ from dagster import Definitions, EnvVar
 
 from clickstream_dagster.assets import prepare, replay
 from clickstream_dagster.jobs import prepare_clickstream, replay_clickstream
+from clickstream_dagster.kafka_client import CREDENTIAL_FIELDS, ENVIRONMENT_VARIABLES
 from clickstream_dagster.resources.kafka import KafkaResource
 from clickstream_dagster.resources.log_file import DEFAULT_LOG_PATH, ClickstreamLogFile
 from clickstream_dagster.resources.parquet import DailyParquetIOManager
@@ -29,26 +30,16 @@ from clickstream_dagster.sensors import clickstream_log_changed
 
 
 def kafka_from_environment() -> KafkaResource:
-    """The cluster named by KAFKA_* variables; a local broker on 9092 when none are set."""
-    protocol = os.environ.get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
-    optional = {
-        field: os.environ[var]
-        for field, var in {
-            "sasl_mechanism": "KAFKA_SASL_MECHANISM",
-            "ssl_cafile": "KAFKA_SSL_CAFILE",
-            "ssl_certfile": "KAFKA_SSL_CERTFILE",
-            "ssl_keyfile": "KAFKA_SSL_KEYFILE",
-        }.items()
-        if os.environ.get(var)
+    """The cluster named by the KAFKA_* variables; a local broker on 9092 when none are set."""
+    config = {
+        field: os.environ[variable]
+        for field, variable in ENVIRONMENT_VARIABLES.items()
+        if os.environ.get(variable) and field not in CREDENTIAL_FIELDS
     }
-    if protocol.startswith("SASL"):
+    if config.get("security_protocol", "PLAINTEXT").startswith("SASL"):
         # Read at run time and never shown: an unset variable fails the launch by name.
-        optional |= {"sasl_username": EnvVar("KAFKA_SASL_USERNAME"), "sasl_password": EnvVar("KAFKA_SASL_PASSWORD")}
-    return KafkaResource(
-        bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
-        security_protocol=protocol,
-        **optional,
-    )
+        config |= {field: EnvVar(ENVIRONMENT_VARIABLES[field]) for field in CREDENTIAL_FIELDS}
+    return KafkaResource(**config)
 
 
 defs = Definitions(

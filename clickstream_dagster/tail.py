@@ -34,24 +34,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, TextIO
 
-from clickstream_dagster.kafka_client import BrokerUnavailable, KafkaSettings
+from clickstream_dagster.kafka_client import ENVIRONMENT_VARIABLES, BrokerUnavailable, KafkaSettings
 
 DEFAULT_TOPIC = "click-data"
 DEFAULT_BOOTSTRAP_SERVERS = "localhost:9092"
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 CLIENT_ID = "clickstream-tail"
 RAW_PREVIEW_CHARS = 80
-
-# KafkaSettings field <- environment variable, as definitions.py reads them.
-_ENV_SETTINGS = {
-    "security_protocol": "KAFKA_SECURITY_PROTOCOL",
-    "sasl_mechanism": "KAFKA_SASL_MECHANISM",
-    "sasl_username": "KAFKA_SASL_USERNAME",
-    "sasl_password": "KAFKA_SASL_PASSWORD",
-    "ssl_cafile": "KAFKA_SSL_CAFILE",
-    "ssl_certfile": "KAFKA_SSL_CERTFILE",
-    "ssl_keyfile": "KAFKA_SSL_KEYFILE",
-}
 
 # (header, width) of the table columns; the last one is not padded.
 _COLUMNS = (
@@ -238,7 +227,7 @@ def settings_from_env(
     def env(name: str) -> str | None:
         return (environ.get(name) or "").strip() or None
 
-    options = {key: env(name) for key, name in _ENV_SETTINGS.items()}
+    options = {key: env(name) for key, name in ENVIRONMENT_VARIABLES.items() if key != "bootstrap_servers"}
     options["security_protocol"] = (options["security_protocol"] or "PLAINTEXT").upper()
     if options["sasl_mechanism"]:
         options["sasl_mechanism"] = options["sasl_mechanism"].upper()

@@ -50,3 +50,28 @@ def test_an_unavailable_error_names_the_servers_and_hides_the_password():
     message = str(settings.unavailable("connecting", TimeoutError("timed out")))
     assert message.startswith("Kafka at b:9093 (SASL_PLAINTEXT): connecting failed within 30 s")
     assert "s3cret" not in message
+
+
+def test_the_deployment_reads_kafka_settings_and_credentials_from_the_environment(monkeypatch):
+    from dagster import EnvVar
+
+    from clickstream_dagster.definitions import kafka_from_environment
+
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "b1:9093,b2:9093")
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("KAFKA_SASL_MECHANISM", "SCRAM-SHA-256")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "s3cret")
+    resource = kafka_from_environment()
+    assert (resource.bootstrap_servers, resource.security_protocol) == ("b1:9093,b2:9093", "SASL_SSL")
+    # The credentials stay references to the variables, resolved only when a run starts.
+    assert resource.sasl_password == EnvVar("KAFKA_SASL_PASSWORD")
+    assert resource.sasl_username == EnvVar("KAFKA_SASL_USERNAME")
+
+
+def test_without_variables_the_deployment_uses_a_local_plaintext_broker(monkeypatch):
+    from clickstream_dagster.definitions import kafka_from_environment
+
+    for variable in ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_PASSWORD"):
+        monkeypatch.delenv(variable, raising=False)
+    resource = kafka_from_environment()
+    assert (resource.bootstrap_servers, resource.security_protocol, resource.sasl_password) == ("localhost:9092", "PLAINTEXT", None)
