@@ -23,6 +23,7 @@ def test_asset_keys_snapshot():
 def test_asset_checks_snapshot():
     checks = {(k.asset_key.to_user_string(), k.name) for k in defs.resolve_asset_graph().asset_check_keys}
     assert checks == {
+        ("click_data", "delivered_exactly_once"),
         ("clickstream_events", "no_null_user_id"),
         ("clickstream_events", "timestamps_inside_day"),
         ("clickstream_events", "no_duplicate_page_views"),

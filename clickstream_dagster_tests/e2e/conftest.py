@@ -809,11 +809,15 @@ def topic_size(bootstrap_servers: str, topic: str) -> int:
 
 
 def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 60.0) -> list:
-    """Every record in the topic right now (from the beginning up to the end offsets), all partitions."""
+    """Every committed record in the topic right now (up to the end offsets), all partitions.
+
+    Read as a consumer of an exactly-once replay should: read_committed, so aborted records never show.
+    """
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers, client_id="e2e-read", enable_auto_commit=False, group_id=None
+        bootstrap_servers=bootstrap_servers, client_id="e2e-read", enable_auto_commit=False, group_id=None,
+        isolation_level="read_committed",
     )
     try:
         assert topic in consumer.topics(), f"topic {topic} does not exist"
