@@ -5,10 +5,14 @@ No Dagster here: ``resources/kafka.py`` builds ``KafkaSettings`` from typed conf
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from kafka import KafkaAdminClient, KafkaProducer
-from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.admin import ConfigResource, ConfigResourceType
+from kafka.errors import InvalidTopicError, KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+
+from clickstream_dagster.topics import ORIGINAL_TIME_SETTINGS, ORIGINAL_TIME_TOPIC_CONFIGS, original_time_problems
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -30,6 +34,10 @@ CREDENTIAL_FIELDS = ("sasl_username", "sasl_password")
 
 class BrokerUnavailable(RuntimeError):
     """The cluster could not be reached or used; the message names the bootstrap servers."""
+
+
+class TopicUnfit(RuntimeError):
+    """The topic cannot take this replay as configured; the message names the setting and the fix."""
 
 
 @dataclass(frozen=True)
@@ -88,36 +96,70 @@ class KafkaSettings:
         )
 
 
-def ensure_topic(settings: KafkaSettings, topic: str, *, partitions: int, replication_factor: int, create: bool) -> bool:
+def ensure_topic(
+    settings: KafkaSettings,
+    topic: str,
+    *,
+    partitions: int,
+    replication_factor: int,
+    create: bool,
+    original_time_from_ms: int | None = None,
+    allow_retention_deletes: bool = False,
+) -> bool:
     """Make sure ``topic`` exists; returns True if it was created now.
 
     With ``create=False`` a missing topic is an error, for clusters where the
     replay's principal may not create topics.
+
+    ``original_time_from_ms``: the records will carry their original timestamps, the
+    oldest this one. A topic created now gets no time-based retention; the topic's
+    settings are then read, and ``TopicUnfit`` raised, before anything is sent, if it
+    would refuse, restamp or (unless ``allow_retention_deletes``) delete such records.
     """
     try:
         admin = KafkaAdminClient(**settings.client_config())
     except (KafkaError, OSError) as error:
         raise settings.unavailable("connecting", error) from error
     try:
-        if topic in admin.list_topics():
-            return False
-        if not create:
-            raise BrokerUnavailable(
-                f"topic {topic!r} does not exist on Kafka at {settings.bootstrap_servers} and create_topic is off"
+        created = _create_topic(admin, settings, topic, partitions, replication_factor, create, original_time_from_ms)
+        if original_time_from_ms is not None:
+            found = admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic, dict.fromkeys(ORIGINAL_TIME_SETTINGS))],
+                config_filter="all",
             )
-        try:
-            admin.create_topics(
-                {topic: {"num_partitions": partitions, "replication_factor": replication_factor}},
-                timeout_ms=int(settings.connect_timeout_s * 1000),
-                wait_for_metadata=True,
+            topic_settings = {name: c["value"] for name, c in found["topic"].get(topic, {}).items()}
+            problems = original_time_problems(
+                topic, topic_settings, original_time_from_ms, int(time.time() * 1000),
+                allow_retention_deletes=allow_retention_deletes, bootstrap_servers=settings.bootstrap_servers,
             )
-        except TopicAlreadyExistsError:
-            return False  # created concurrently by someone else: fine
-        return True
+            if problems:
+                raise TopicUnfit("record_timestamp=original: " + "; ".join(problems))
+        return created
     except KafkaError as error:
         raise settings.unavailable(f"preparing topic {topic!r}", error) from error
     finally:
         admin.close()
+
+
+def _create_topic(admin, settings, topic, partitions, replication_factor, create, original_time_from_ms) -> bool:
+    if topic in admin.list_topics():
+        return False
+    if not create:
+        raise BrokerUnavailable(
+            f"topic {topic!r} does not exist on Kafka at {settings.bootstrap_servers} and create_topic is off"
+        )
+    configs = ORIGINAL_TIME_TOPIC_CONFIGS if original_time_from_ms is not None else {}
+    try:
+        admin.create_topics(
+            {topic: {"num_partitions": partitions, "replication_factor": replication_factor, "configs": configs}},
+            timeout_ms=int(settings.connect_timeout_s * 1000),
+            wait_for_metadata=True,
+        )
+    except TopicAlreadyExistsError:
+        return False  # created concurrently by someone else: fine
+    except InvalidTopicError as error:  # e.g. its name collides with another's ('.' vs '_')
+        raise TopicUnfit(f"Kafka at {settings.bootstrap_servers} refused to create topic {topic!r}: {error}") from error
+    return True
 
 
 class KafkaPublisher:

@@ -4,7 +4,6 @@ Thin wiring: pacing, encoding and the send loop are the pure modules ``pacing``,
 ``encoding`` and ``replay``; the broker is the ``KafkaResource``.
 """
 
-import re
 from collections.abc import Iterator
 from typing import Literal
 
@@ -30,11 +29,11 @@ from clickstream_dagster.pacing import Pacing, PacingError, send_offsets
 from clickstream_dagster.partitions import clickstream_days
 from clickstream_dagster.replay import DeliveryError, ReplayProgress, progress_line, run_replay
 from clickstream_dagster.resources.kafka import KafkaResource
+from clickstream_dagster.topics import topic_name_problem, topic_name_warning
 
 REPLAY_GROUP = "replay"
 DEFAULT_TOPIC = "click-data"
 REPLAY_POOL = "click_data_replay"
-_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 # Run tags every replay carries, so the runs list can be filtered by them.
 TOPIC_TAG, PACING_TAG, DAY_TAG = "clickstream/topic", "clickstream/pacing", "clickstream/day"
@@ -51,9 +50,15 @@ class ReplayConfig(Config):
     interval_ms: float = Field(default=200.0, description="fixed pacing: milliseconds between messages")
     max_rate: float | None = Field(default=None, description="max pacing: cap in messages per second")
     limit: int | None = Field(default=None, description="send at most this many messages (smoke runs)")
-    message_format: Literal["json", "quix"] = Field(default="json", description="json object or Quix TimeseriesData")
+    message_format: Literal["json", "quix"] = Field(
+        default="json", description="json object, or quix: the Quix SDK's TimeseriesData envelope"
+    )
     record_timestamp: Literal["replay", "original"] = Field(
         default="replay", description="Kafka record time: the send time, or the page view's own time"
+    )
+    allow_retention_deletes: bool = Field(
+        default=False,
+        description="record_timestamp=original: send even if the topic's retention.ms will delete the records",
     )
     dry_run: bool = Field(default=False, description="send nothing; report count and expected duration")
 
@@ -71,8 +76,8 @@ class ReplayConfig(Config):
 def _validated(config: ReplayConfig) -> Pacing:
     """Check values the type system cannot, before anything is sent (never retried)."""
     problems = []
-    if not _TOPIC_NAME.match(config.topic):
-        problems.append(f"topic={config.topic!r}: use 1-249 of [A-Za-z0-9._-]")
+    if topic_problem := topic_name_problem(config.topic):
+        problems.append(topic_problem)
     if config.limit is not None and config.limit < 0:
         problems.append(f"limit={config.limit}: expected >= 0")
     try:
@@ -129,7 +134,10 @@ def click_data(
     context.instance.add_run_tags(
         context.run.run_id, {TOPIC_TAG: config.topic, PACING_TAG: config.pacing, DAY_TAG: day}
     )
+    if name_warning := topic_name_warning(config.topic):
+        context.log.warning(name_warning)
     events = clickstream_events.collect()
+    day_rows = events.height  # the day's page views, before any limit
     if config.limit is not None:
         events = events.head(config.limit)
     offsets_s = send_offsets(events["original_timestamp"].to_numpy(), pacing)
@@ -154,12 +162,17 @@ def click_data(
         )
         return
 
-    if config.record_timestamp == "original":
-        context.log.warning(
-            f"record_timestamp=original: records carry {day} timestamps; a topic with time-based "
-            "retention (retention.ms) may delete them all at once"
-        )
-    created = kafka.ensure_topic(config.topic)
+    if config.limit == 0:
+        # Nothing to send, and nothing said about the day: not recorded as a replay.
+        context.log.info(f"limit 0: nothing sent to {config.topic!r} ({day} has {day_rows} page views)")
+        return
+    # With original timestamps, a topic that would refuse or delete them fails the run here.
+    oldest_s = events["original_timestamp"].min() if config.record_timestamp == "original" else None
+    created = kafka.ensure_topic(
+        config.topic,
+        original_time_from_ms=oldest_s * 1000 if oldest_s is not None else None,
+        allow_retention_deletes=config.allow_retention_deletes,
+    )
     if events.height == 0:
         context.log.info(f"{day} has no page views: nothing to send")
         yield MaterializeResult(metadata={**settings, **numeric({"messages": 0}), "note": "empty day: 0 messages"})
@@ -204,7 +217,8 @@ def click_data(
         metadata={
             **settings,
             **_report(progress, pacing),
-            "day_rows": MetadataValue.int(events.height),
+            "day_rows": MetadataValue.int(day_rows),
+            "messages_planned": MetadataValue.int(events.height),
             "bootstrap_servers": kafka.bootstrap_servers,
             "preview": MetadataValue.json(preview),
         }

@@ -3,7 +3,7 @@
 from dagster import ConfigurableResource, Failure
 from pydantic import Field
 
-from clickstream_dagster.kafka_client import BrokerUnavailable, KafkaPublisher, KafkaSettings, ensure_topic
+from clickstream_dagster.kafka_client import BrokerUnavailable, KafkaPublisher, KafkaSettings, TopicUnfit, ensure_topic
 
 
 class KafkaResource(ConfigurableResource):
@@ -44,8 +44,11 @@ class KafkaResource(ConfigurableResource):
         except ValueError as error:
             raise Failure(f"kafka resource: {error}", allow_retries=False) from error
 
-    def ensure_topic(self, topic: str) -> bool:
-        """True if the topic was created now; a ``Failure`` naming the cluster if unusable."""
+    def ensure_topic(
+        self, topic: str, original_time_from_ms: int | None = None, allow_retention_deletes: bool = False
+    ) -> bool:
+        """True if the topic was created now; a ``Failure`` naming the cluster, or the topic
+        setting at fault, if unusable (see ``kafka_client.ensure_topic``)."""
         try:
             return ensure_topic(
                 self.settings(),
@@ -53,8 +56,10 @@ class KafkaResource(ConfigurableResource):
                 partitions=self.topic_partitions,
                 replication_factor=self.topic_replication_factor,
                 create=self.create_topic,
+                original_time_from_ms=original_time_from_ms,
+                allow_retention_deletes=allow_retention_deletes,
             )
-        except BrokerUnavailable as error:
+        except (BrokerUnavailable, TopicUnfit) as error:
             raise Failure(str(error), allow_retries=False) from error
 
     def publisher(self, topic: str, headers: list[tuple[str, bytes]]) -> KafkaPublisher:
