@@ -5,6 +5,7 @@ No Dagster here: ``resources/kafka.py`` builds ``KafkaSettings`` from typed conf
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -128,6 +129,11 @@ def ensure_topic(
                 config_filter="all",
             )
             topic_settings = {name: c["value"] for name, c in found["topic"].get(topic, {}).items()}
+            if "retention.ms" not in topic_settings:  # never absent from a topic Kafka describes
+                raise TopicUnfit(
+                    f"record_timestamp=original: could not read the settings of topic {topic!r} on Kafka at "
+                    f"{settings.bootstrap_servers}, so cannot tell whether it keeps 2012 timestamps"
+                )
             problems = original_time_problems(
                 topic, topic_settings, original_time_from_ms, int(time.time() * 1000),
                 allow_retention_deletes=allow_retention_deletes, bootstrap_servers=settings.bootstrap_servers,
@@ -141,7 +147,15 @@ def ensure_topic(
         admin.close()
 
 
-def _create_topic(admin, settings, topic, partitions, replication_factor, create, original_time_from_ms) -> bool:
+def _create_topic(
+    admin: KafkaAdminClient,
+    settings: KafkaSettings,
+    topic: str,
+    partitions: int,
+    replication_factor: int,
+    create: bool,
+    original_time_from_ms: int | None,
+) -> bool:
     if topic in admin.list_topics():
         return False
     if not create:
@@ -158,7 +172,11 @@ def _create_topic(admin, settings, topic, partitions, replication_factor, create
     except TopicAlreadyExistsError:
         return False  # created concurrently by someone else: fine
     except InvalidTopicError as error:  # e.g. its name collides with another's ('.' vs '_')
-        raise TopicUnfit(f"Kafka at {settings.bootstrap_servers} refused to create topic {topic!r}: {error}") from error
+        reason = re.search(r'error_message="([^"]+)"', str(error))
+        raise TopicUnfit(
+            f"Kafka at {settings.bootstrap_servers} refused to create topic {topic!r}: "
+            f"{reason.group(1) if reason else error}"
+        ) from error
     return True
 
 

@@ -235,6 +235,19 @@ def test_limit_zero_sends_nothing_and_records_no_replay(prepared, kafka_bootstra
     assert not any("has no page views" in m for m in logs)
 
 
+def test_a_topic_name_colliding_with_another_is_refused_as_such(prepared, kafka_bootstrap_servers, dagster_instance):
+    suffix = uuid.uuid4().hex[:8]
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap_servers)
+    try:
+        admin.create_topics({f"click.data.{suffix}": {"num_partitions": 1, "replication_factor": 1}})
+        result = run_replay(prepared, kafka_bootstrap_servers, dagster_instance, topic=f"click_data_{suffix}", limit=1)
+        assert not result.success
+        assert f"collides with existing topic: click.data.{suffix}" in step_failure(result)
+    finally:
+        admin.delete_topics([f"click.data.{suffix}"])
+        admin.close()
+
+
 def step_failure(result) -> str:
     [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     return failure.event_specific_data.error.message
