@@ -5,14 +5,25 @@ No Dagster here: ``resources/kafka.py`` builds ``KafkaSettings`` from typed conf
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import dataclass, field
 
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
-from kafka.errors import InvalidTopicError, KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import (
+    InvalidProducerEpochError,
+    InvalidTopicError,
+    KafkaError,
+    KafkaTimeoutError,
+    ProducerFencedError,
+    TopicAlreadyExistsError,
+)
 
+from clickstream_dagster.checkpoints import Checkpoint
+from clickstream_dagster.replay import CommitInDoubt, DeliveryError, ProducerFenced
 from clickstream_dagster.topics import ORIGINAL_TIME_SETTINGS, ORIGINAL_TIME_TOPIC_CONFIGS, original_time_problems
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -104,6 +115,7 @@ def ensure_topic(
     partitions: int,
     replication_factor: int,
     create: bool,
+    topic_configs: dict[str, str] | None = None,
     original_time_from_ms: int | None = None,
     allow_retention_deletes: bool = False,
 ) -> bool:
@@ -122,7 +134,9 @@ def ensure_topic(
     except (KafkaError, OSError) as error:
         raise settings.unavailable("connecting", error) from error
     try:
-        created = _create_topic(admin, settings, topic, partitions, replication_factor, create, original_time_from_ms)
+        if original_time_from_ms is not None:
+            topic_configs = {**(topic_configs or {}), **ORIGINAL_TIME_TOPIC_CONFIGS}
+        created = _create_topic(admin, settings, topic, partitions, replication_factor, create, topic_configs)
         if original_time_from_ms is not None:
             found = admin.describe_configs(
                 [ConfigResource(ConfigResourceType.TOPIC, topic, dict.fromkeys(ORIGINAL_TIME_SETTINGS))],
@@ -154,7 +168,7 @@ def _create_topic(
     partitions: int,
     replication_factor: int,
     create: bool,
-    original_time_from_ms: int | None,
+    topic_configs: dict[str, str] | None,
 ) -> bool:
     if topic in admin.list_topics():
         return False
@@ -162,10 +176,15 @@ def _create_topic(
         raise BrokerUnavailable(
             f"topic {topic!r} does not exist on Kafka at {settings.bootstrap_servers} and create_topic is off"
         )
-    configs = ORIGINAL_TIME_TOPIC_CONFIGS if original_time_from_ms is not None else {}
     try:
         admin.create_topics(
-            {topic: {"num_partitions": partitions, "replication_factor": replication_factor, "configs": configs}},
+            {
+                topic: {
+                    "num_partitions": partitions,
+                    "replication_factor": replication_factor,
+                    "configs": topic_configs or {},
+                }
+            },
             timeout_ms=int(settings.connect_timeout_s * 1000),
             wait_for_metadata=True,
         )
@@ -181,37 +200,184 @@ def _create_topic(
 
 
 class KafkaPublisher:
-    """A ``Publisher`` for one topic: idempotent, acks=all, a header set on every message."""
+    """A ``Publisher`` for one topic: idempotent, acks=all, a header set on every message.
 
-    def __init__(self, settings: KafkaSettings, topic: str, headers: list[tuple[str, bytes]], **producer_options):
+    With a ``transactional_id`` (exactly_once) every message is sent inside a transaction that
+    also writes the replay's checkpoint, and creating the publisher fences every earlier
+    producer with that id: a zombie of an earlier attempt can no longer write.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topic: str,
+        headers: list[tuple[str, bytes]],
+        *,
+        checkpoint_topic: str,
+        transactional_id: str | None = None,
+        delivery_timeout_s: float = 30.0,
+        **producer_options,
+    ):
         self.settings, self.topic, self.headers = settings, topic, headers
+        self.checkpoint_topic = checkpoint_topic
+        self.transactional = transactional_id is not None
+        timeout_ms = int(delivery_timeout_s * 1000)
+        request_timeout_ms = max(min(int(settings.connect_timeout_s * 1000), timeout_ms // 2), 1000)
         options = {
             "acks": "all",
             "enable_idempotence": True,
-            # Bounded: a broker that vanishes mid-replay fails the run instead of blocking it.
-            "max_block_ms": int(settings.connect_timeout_s * 1000),
-            "delivery_timeout_ms": max(int(settings.connect_timeout_s * 1000) * 2, 5000),
+            "transactional_id": transactional_id,
+            # Bounded: a broker that stops answering fails the replay instead of blocking it.
+            "max_block_ms": timeout_ms,
+            "delivery_timeout_ms": timeout_ms,
             "linger_ms": 5,
+            # The coordinator answers CONCURRENT_TRANSACTIONS until the previous markers are
+            # written; the default 100 ms backoff makes every commit take ~110 ms, 5 ms ~9 ms.
+            "retry_backoff_ms": 5,
         } | producer_options
+        client_config = settings.client_config() | {"request_timeout_ms": request_timeout_ms}
         try:
-            self.producer = KafkaProducer(**settings.client_config(), **options)
-            # Fetch the topic's metadata now, so the first send does not block on it and
+            self.producer = KafkaProducer(**client_config, **options)
+            # Fetch the topics' metadata now, so the first send does not block on it and
             # start the replay's schedule late.
             self.producer.partitions_for(topic)
+            self.producer.partitions_for(checkpoint_topic)
+            if self.transactional:
+                self.producer.init_transactions()
+                self.producer.begin_transaction()
         except (KafkaError, OSError) as error:
-            raise settings.unavailable("connecting the producer", error) from error
+            if hasattr(self, "producer"):
+                self.producer.close(timeout=0)
+            raise settings.unavailable("starting the producer", error) from error
 
     def send(self, key: bytes, value: bytes, timestamp_ms: int | None):
         try:
             return self.producer.send(self.topic, value=value, key=key, headers=self.headers, timestamp_ms=timestamp_ms)
-        except KafkaTimeoutError as error:
-            raise self.settings.unavailable(f"sending to {self.topic!r}", error) from error
+        except KafkaError as error:
+            raise self._delivery_error(f"sending to {self.topic!r}", error) from error
+
+    def commit(self, checkpoint_key: bytes, checkpoint_value: bytes, timeout_s: float) -> None:
+        try:
+            self.producer.send(self.checkpoint_topic, key=checkpoint_key, value=checkpoint_value)
+            if not self.transactional:
+                return
+            # KafkaProducer.commit_transaction() waits without a bound; its own result object
+            # (the same call, minus the unbounded wait) is bounded here.
+            result = self.producer._transaction_manager.begin_commit()
+            self.producer._sender.wakeup()
+            if not result.wait(timeout_ms=int(timeout_s * 1000)):
+                raise CommitInDoubt(
+                    f"Kafka at {self.settings.bootstrap_servers} did not confirm a commit to {self.topic!r} "
+                    f"within {timeout_s:g} s (delivery_timeout_s)"
+                )
+            self.producer.begin_transaction()
+        except KafkaError as error:
+            raise self._delivery_error(f"committing to {self.topic!r}", error) from error
 
     def flush(self, timeout_s: float) -> None:
         try:
             self.producer.flush(timeout=timeout_s)
-        except KafkaTimeoutError as error:
-            raise self.settings.unavailable(f"flushing to {self.topic!r}", error) from error
+        except KafkaError as error:
+            raise self._delivery_error(f"flushing to {self.topic!r}", error) from error
+
+    def abort(self, timeout_s: float) -> None:
+        """Drop the open transaction (bounded), and begin the next one."""
+        if not self.transactional:
+            return
+        try:
+            result = self.producer._transaction_manager.begin_abort()
+            self.producer._sender.wakeup()
+            if not result.wait(timeout_ms=int(timeout_s * 1000)):
+                raise DeliveryError(f"Kafka at {self.settings.bootstrap_servers} did not confirm an abort within {timeout_s:g} s")
+            self.producer.begin_transaction()
+        except KafkaError as error:
+            raise self._delivery_error(f"aborting a transaction on {self.topic!r}", error) from error
 
     def close(self, timeout_s: float = 5.0) -> None:
-        self.producer.close(timeout=timeout_s)
+        """Best effort and bounded: never raises, so it never hides the error that led here."""
+        try:
+            self.producer.close(timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - closing must not mask the replay's own outcome
+            pass
+
+    def _delivery_error(self, doing: str, error: KafkaError) -> DeliveryError:
+        if isinstance(error, ProducerFencedError | InvalidProducerEpochError):
+            return ProducerFenced(
+                f"{doing}: fenced by a newer producer with transactional id "
+                f"{self.producer.config['transactional_id']!r} (another attempt of this replay took over)"
+            )
+        if isinstance(error, KafkaTimeoutError):
+            return DeliveryError(f"Kafka at {self.settings.bootstrap_servers}: {doing} timed out: {error}")
+        return DeliveryError(f"Kafka at {self.settings.bootstrap_servers}: {doing} failed: {type(error).__name__}: {error}")
+
+
+def _consumer(settings: KafkaSettings) -> KafkaConsumer:
+    """A read_committed consumer with no group: nothing to authorize beyond READ on the topic."""
+    try:
+        return KafkaConsumer(**settings.client_config(), isolation_level="read_committed", enable_auto_commit=False, group_id=None)
+    except (KafkaError, OSError) as error:
+        raise settings.unavailable("connecting a consumer", error) from error
+
+
+def _read_to_end(settings: KafkaSettings, consumer: KafkaConsumer, topic: str, start: dict[int, int] | None):
+    """Records of ``topic`` from ``start`` (default: the beginning) to the end offsets seen
+    now, read_committed: the end is the last stable offset, which an open transaction holds."""
+    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    if not partitions:
+        return
+    consumer.assign(partitions)
+    for tp in partitions:
+        if start is None or tp.partition not in start:
+            consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, start[tp.partition])
+    end = consumer.end_offsets(partitions)
+    deadline = time.monotonic() + max(settings.connect_timeout_s, 30.0)
+    while any(consumer.position(tp) < end[tp] for tp in partitions):
+        if time.monotonic() > deadline:
+            raise BrokerUnavailable(f"Kafka at {settings.bootstrap_servers}: reading {topic!r} did not reach its end in time")
+        for records in consumer.poll(timeout_ms=200).values():
+            for record in records:
+                if record.offset < end[TopicPartition(record.topic, record.partition)]:
+                    yield record
+
+
+def end_offsets(settings: KafkaSettings, topic: str) -> dict[int, int]:
+    """Partition -> the offset the next message will get."""
+    consumer = _consumer(settings)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        return {tp.partition: offset for tp, offset in consumer.end_offsets(partitions).items()}
+    except KafkaError as error:
+        raise settings.unavailable(f"reading the end offsets of {topic!r}", error) from error
+    finally:
+        consumer.close()
+
+
+def read_committed_since(settings: KafkaSettings, topic: str, start: dict[int, int]) -> list[ConsumerRecord]:
+    consumer = _consumer(settings)
+    try:
+        return list(_read_to_end(settings, consumer, topic, start))
+    except KafkaError as error:
+        raise settings.unavailable(f"reading {topic!r}", error) from error
+    finally:
+        consumer.close()
+
+
+def read_checkpoints(settings: KafkaSettings, checkpoint_topic: str) -> list[Checkpoint]:
+    """Every replay's latest committed checkpoint, read from the start of the small compacted
+    checkpoint topic to its end."""
+    consumer = _consumer(settings)
+    try:
+        latest: dict[bytes, Checkpoint] = {}
+        for record in _read_to_end(settings, consumer, checkpoint_topic, None):
+            if record.value is None:
+                latest.pop(record.key, None)  # a tombstone: forgotten
+                continue
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                latest[record.key] = Checkpoint.from_bytes(record.value)
+        return list(latest.values())
+    except KafkaError as error:
+        raise settings.unavailable(f"reading {checkpoint_topic!r}", error) from error
+    finally:
+        consumer.close()

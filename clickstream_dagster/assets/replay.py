@@ -4,36 +4,66 @@ Thin wiring: pacing, encoding and the send loop are the pure modules ``pacing``,
 ``encoding`` and ``replay``; the broker is the ``KafkaResource``.
 """
 
-from collections.abc import Iterator
+import contextlib
+import math
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import polars as pl
 from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
     AssetExecutionContext,
     AssetObservation,
     Config,
     Failure,
     MaterializeResult,
     MetadataValue,
+    RetryRequested,
     TableColumn,
     TableRecord,
     TableSchema,
     asset,
+    asset_check,
 )
 from pydantic import Field
 
 from clickstream_dagster.assets.metadata import numeric
 from clickstream_dagster.encoding import encode_messages, replay_headers
-from clickstream_dagster.kafka_client import BrokerUnavailable
+from clickstream_dagster.checkpoints import (
+    Checkpoint,
+    ReplayPlan,
+    ReplayStatus,
+    TopicBusy,
+    plan_replay,
+    transactional_id,
+)
+from clickstream_dagster.kafka_client import BrokerUnavailable, KafkaPublisher, TopicUnfit
 from clickstream_dagster.pacing import Pacing, PacingError, send_offsets
 from clickstream_dagster.partitions import clickstream_days
-from clickstream_dagster.replay import DeliveryError, ReplayProgress, progress_line, run_replay
+from clickstream_dagster.readback import verify_replay
+from clickstream_dagster.replay import (
+    CheckpointWriter,
+    DeliveryError,
+    ProducerFenced,
+    ReplayProgress,
+    ReplayStopped,
+    ReplayTiming,
+    progress_line,
+    run_replay,
+)
 from clickstream_dagster.resources.kafka import KafkaResource
 from clickstream_dagster.topics import topic_name_problem, topic_name_warning
 
 REPLAY_GROUP = "replay"
 DEFAULT_TOPIC = "click-data"
-REPLAY_POOL = "click_data_replay"
+
+# A broker error mid-replay is retried this often (with backoff), each retry resuming at the checkpoint.
+STEP_RETRIES = 2
 
 # Run tags every replay carries, so the runs list can be filtered by them.
 TOPIC_TAG, PACING_TAG, DAY_TAG = "clickstream/topic", "clickstream/pacing", "clickstream/day"
@@ -61,6 +91,19 @@ class ReplayConfig(Config):
         description="record_timestamp=original: send even if the topic's retention.ms will delete the records",
     )
     dry_run: bool = Field(default=False, description="send nothing; report count and expected duration")
+    delivery: Literal["exactly_once", "at_least_once"] = Field(
+        default="exactly_once",
+        description="exactly_once: Kafka transactions, each row once for read_committed consumers; "
+        "at_least_once: idempotent sends, no transactions (for clusters whose ACLs forbid them)",
+    )
+    resume: bool = Field(
+        default=False,
+        description="continue the last unfinished replay of this day into this topic (a re-execution always does)",
+    )
+    wait_for_topic_s: float = Field(
+        default=3600.0, description="while another replay holds the topic, wait this long, then fail naming it"
+    )
+    progress_interval_s: float = Field(default=60.0, description="a progress line at most this often")
 
     def to_pacing(self) -> Pacing:
         return Pacing(
@@ -78,6 +121,10 @@ def _validated(config: ReplayConfig) -> Pacing:
     problems = []
     if topic_problem := topic_name_problem(config.topic):
         problems.append(topic_problem)
+    for name in ("wait_for_topic_s", "progress_interval_s"):
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value >= 0):
+            problems.append(f"{name}={value!r}: expected a number >= 0")
     if config.limit is not None and config.limit < 0:
         problems.append(f"limit={config.limit}: expected >= 0")
     try:
@@ -100,28 +147,89 @@ def _offsets_table(progress: ReplayProgress) -> MetadataValue:
     return MetadataValue.table(records=records, schema=schema)
 
 
-def _report(progress: ReplayProgress, pacing: Pacing) -> dict:
+def _report(progress: ReplayProgress) -> dict:
     figures = {
-        "messages": progress.acked,
+        "messages": progress.delivered,  # readable by a read_committed consumer, this attempt
+        "acked": progress.acked,
         "bytes": progress.acked_bytes,
+        "start_row": progress.start_row,
+        "next_row": progress.next_row,
+        "commits": progress.commits,
         "duration_s": round(progress.elapsed_s, 3),
         "rate_msgs_per_s": round(progress.rate, 1),
     }
-    if pacing.is_paced:
-        figures |= {k: round(v, 3) for k, v in progress.lateness_ms().items()}
+    if progress.in_doubt:
+        figures["in_doubt"] = progress.in_doubt
+    figures |= {k: round(v, 3) for k, v in progress.figures_ms().items()}
     return {**numeric(figures), "kafka_offsets": _offsets_table(progress)}
+
+
+def _plan(kafka: KafkaResource, config: ReplayConfig, day: str, replay_id: str) -> ReplayPlan:
+    """Where this replay starts; ``TopicBusy`` while another live replay holds the topic."""
+    return plan_replay(
+        kafka.checkpoints(),
+        topic=config.topic,
+        day=day,
+        replay_id=replay_id,
+        resume=config.resume,
+        now_ms=time.time_ns() // 1_000_000,
+        lease_s=kafka.lease_s,
+    )
+
+
+def _wait_for_topic(context: AssetExecutionContext, kafka: KafkaResource, config: ReplayConfig, replay_id: str) -> None:
+    """Return once no other live replay holds the topic; fail naming it after wait_for_topic_s."""
+    began, last_said = time.monotonic(), -math.inf
+    while True:
+        try:
+            _plan(kafka, config, context.partition_key, replay_id)
+            return
+        except TopicBusy as busy:
+            waited = time.monotonic() - began
+            if waited >= config.wait_for_topic_s:
+                raise Failure(
+                    f"{busy}; gave up after waiting {waited:.0f} s (wait_for_topic_s). Replays into one topic "
+                    "never interleave: wait for that one, or replay into another topic.",
+                    allow_retries=False,
+                ) from busy
+            if time.monotonic() - last_said >= 30:
+                context.log.info(f"waiting for the topic: {busy}")
+                last_said = time.monotonic()
+            time.sleep(1.0 + random.random())
+
+
+def _starting_failure(context: AssetExecutionContext, config: ReplayConfig, error: BaseException) -> Failure:
+    """A failure before anything was sent: the cluster or the topic, named, never retried."""
+    retried = (
+        f" (retry {context.retry_number} of {STEP_RETRIES}: the earlier attempts' reports are in this run's log, "
+        "and every row they committed stays committed: re-execute the run to resume)"
+        if context.retry_number
+        else ""
+    )
+    return Failure(f"replay of {context.partition_key} into {config.topic!r}: {error}{retried}", allow_retries=False)
+
+
+def _launcher_watch() -> Callable[[], str | None]:
+    """A reason to stop once the process that launched this step is gone (re-parented):
+    an orphaned step must not go on sending on its own."""
+    parent = os.getppid()
+
+    def orphaned() -> str | None:
+        if os.getppid() != parent:
+            return f"the process that launched this step (pid {parent}) exited; stopping"
+        return None
+
+    return orphaned
 
 
 @asset(
     partitions_def=clickstream_days,
     group_name=REPLAY_GROUP,
     kinds={"kafka"},
-    # One replay at a time, whatever launched it (dagster.yaml sets the pool's limit to 1).
-    pool=REPLAY_POOL,
-    # No RetryPolicy: a replay is not idempotent (a retry would send the day again).
     # A dry run sends nothing, so it materializes nothing (it logs an observation).
     output_required=False,
-    description="One day of page views replayed into Kafka, keyed by userId, paced as configured.",
+    description="One day of page views replayed into Kafka, keyed by userId, paced as configured, "
+    "exactly once by default: every row once, in per-visitor order, resumable after any crash.",
 )
 def click_data(
     context: AssetExecutionContext,
@@ -144,6 +252,7 @@ def click_data(
     settings = {
         "topic": config.topic,
         "pacing": pacing.describe(),
+        "delivery": config.delivery,
         "message_format": config.message_format,
         "record_timestamp": config.record_timestamp,
     }
@@ -168,58 +277,203 @@ def click_data(
         return
     # With original timestamps, a topic that would refuse or delete them fails the run here.
     oldest_s = events["original_timestamp"].min() if config.record_timestamp == "original" else None
-    created = kafka.ensure_topic(
-        config.topic,
-        original_time_from_ms=oldest_s * 1000 if oldest_s is not None else None,
-        allow_retention_deletes=config.allow_retention_deletes,
-    )
+    try:
+        created = kafka.ensure_topic(
+            config.topic,
+            original_time_from_ms=oldest_s * 1000 if oldest_s is not None else None,
+            allow_retention_deletes=config.allow_retention_deletes,
+        )
+    except (BrokerUnavailable, TopicUnfit) as error:
+        raise _starting_failure(context, config, error) from error
     if events.height == 0:
         context.log.info(f"{day} has no page views: nothing to send")
         yield MaterializeResult(metadata={**settings, **numeric({"messages": 0}), "note": "empty day: 0 messages"})
         return
 
+    # Re-executions, step retries and run retries share the root run's id: they resume its replay.
+    replay_id = context.run.root_run_id or context.run.run_id
+    exactly_once = config.delivery == "exactly_once"
+    owner = f"{socket.gethostname()} pid {os.getpid()}"
     messages = encode_messages(events, config.message_format)
     record_ts = (events["original_timestamp"] * 1000).to_list() if config.record_timestamp == "original" else None
-    progress = ReplayProgress(total=len(messages))
-    publisher = kafka.publisher(config.topic, replay_headers(day, context.run.run_id))
+
+    def writer_for(plan: ReplayPlan, end_offsets: Callable[[], dict[int, int]]) -> CheckpointWriter:
+        """Checkpoints of this replay: a resumed one keeps where it began and who wrote it."""
+        resumed = plan.resumed
+        if resumed is not None and resumed.start_offsets:
+            start_offsets = resumed.start_offsets
+            run_ids = tuple(dict.fromkeys((*resumed.run_ids, context.run.run_id)))
+        else:
+            start_offsets, run_ids = tuple(sorted(end_offsets().items())), (context.run.run_id,)
+
+        def checkpoint(next_row: int, status: ReplayStatus) -> tuple[bytes, bytes]:
+            record = Checkpoint(
+                topic=config.topic,
+                day=day,
+                replay_id=replay_id,
+                run_id=context.run.run_id,
+                next_row=next_row,
+                total=len(messages),
+                status=status,
+                heartbeat_ms=time.time_ns() // 1_000_000,
+                owner=owner,
+                start_offsets=start_offsets,
+                run_ids=run_ids,
+            )
+            return record.key, record.to_bytes()
+
+        return checkpoint
+
+    publisher, plan, checkpoint = _claim_topic(context, kafka, config, replay_id, writer_for, exactly_once)
+    progress = ReplayProgress(total=len(messages), start_row=plan.start_row)
+    if plan.resumed is not None:
+        context.log.info(f"resuming at row {plan.start_row}/{len(messages)}: {plan.resumed.describe(time.time_ns() // 1_000_000)}")
     context.log.info(
-        f"replaying {len(messages)} page views of {day} into {config.topic!r} at "
-        f"{kafka.bootstrap_servers} ({pacing.describe()}, {config.message_format})"
-        + (" — topic created" if created else "")
+        f"replaying rows {plan.start_row}..{len(messages)} of {day} ({events.height} page views) into "
+        f"{config.topic!r} at {kafka.bootstrap_servers} ({pacing.describe()}, {config.message_format}, "
+        f"{config.delivery})" + (" — topic created" if created else "")
     )
     try:
         run_replay(
             messages,
             offsets_s,
             publisher,
+            start_row=plan.start_row,
+            checkpoint=checkpoint,
             record_timestamps_ms=record_ts,
             progress=progress,
             on_progress=lambda p: context.log.info(progress_line(p, offsets_s)),
+            should_stop=_launcher_watch(),
+            paced=pacing.is_paced,
+            timing=ReplayTiming(progress_every_s=config.progress_interval_s, delivery_timeout_s=kafka.delivery_timeout_s),
         )
-    except (DeliveryError, BrokerUnavailable) as error:
+    except (DeliveryError, BrokerUnavailable, ReplayStopped) as error:
+        doubt = f", {progress.in_doubt} more in a commit the broker never confirmed" if progress.in_doubt else ""
+        message = (
+            f"replay of {day} into {config.topic!r} at {kafka.bootstrap_servers} failed: {error}. "
+            f"{progress.delivered} messages delivered by this attempt ({progress.acked} acknowledged{doubt}); "
+            f"committed through row {progress.next_row} of {len(messages)}."
+        )
+        transient = not isinstance(error, ReplayStopped | ProducerFenced)
+        if transient and context.retry_number < STEP_RETRIES:
+            # Safe since checkpoints: the retry resumes from the last committed row.
+            context.log.warning(f"{message} Retrying (attempt {context.retry_number + 2} of {STEP_RETRIES + 1}).")
+            raise RetryRequested(max_retries=STEP_RETRIES, seconds_to_wait=5 * 2**context.retry_number) from error
         raise Failure(
-            f"replay of {day} into {config.topic!r} failed after {progress.acked} acknowledged messages: {error}",
-            metadata=_report(progress, pacing),
+            f"{message} Re-execute the run (or launch with resume: true) to continue from there.",
+            metadata={**settings, **_report(progress)},
             allow_retries=False,
         ) from error
     except BaseException:
         # Terminated from the UI (DagsterExecutionInterruptedError) or crashed: say how far it got.
         context.log.warning(f"replay of {day} stopped: {progress_line(progress, offsets_s)}")
         context.log_event(
-            AssetObservation(asset_key=context.asset_key, partition=day, metadata={**settings, **_report(progress, pacing)})
+            AssetObservation(asset_key=context.asset_key, partition=day, metadata={**settings, **_report(progress)})
         )
         raise
     finally:
         publisher.close()
 
+    context.log.info(progress_line(progress, offsets_s))
     preview = [{"key": key.decode(), "value": value.decode()} for key, value in progress.first_messages]
+    resumed = {"resumed_from_run": plan.resumed.run_id} if plan.resumed is not None else {}
     yield MaterializeResult(
         metadata={
             **settings,
-            **_report(progress, pacing),
+            **_report(progress),
+            **resumed,
+            "replay_id": replay_id,
             "day_rows": MetadataValue.int(day_rows),
             "messages_planned": MetadataValue.int(events.height),
             "bootstrap_servers": kafka.bootstrap_servers,
             "preview": MetadataValue.json(preview),
         }
+    )
+
+
+def _claim_topic(
+    context: AssetExecutionContext,
+    kafka: KafkaResource,
+    config: ReplayConfig,
+    replay_id: str,
+    writer_for: Callable[[ReplayPlan, Callable[[], dict[int, int]]], CheckpointWriter],
+    exactly_once: bool,
+) -> tuple[KafkaPublisher, ReplayPlan, CheckpointWriter]:
+    """Wait for the topic, start a producer, plan from what is committed now, and claim.
+
+    With exactly_once the producer's start fences every earlier one of this topic, so the
+    checkpoints read after it are final: a zombie of an earlier attempt can commit nothing
+    more. Two replays that found the topic free at the same moment: the one that then sees
+    the other's live claim backs off before sending anything, and waits again."""
+    day = context.partition_key
+    while True:
+        try:
+            _wait_for_topic(context, kafka, config, replay_id)
+        except BrokerUnavailable as error:
+            raise _starting_failure(context, config, error) from error
+        try:
+            publisher = kafka.publisher(
+                config.topic,
+                replay_headers(day, context.run.run_id),
+                transactional_id=transactional_id(config.topic) if exactly_once else None,
+            )
+        except BrokerUnavailable as error:
+            raise _starting_failure(context, config, error) from error
+        try:
+            plan = _plan(kafka, config, day, replay_id)
+            checkpoint = writer_for(plan, lambda: kafka.end_offsets(config.topic))
+            publisher.commit(*checkpoint(plan.start_row, ReplayStatus.RUNNING), kafka.delivery_timeout_s)
+            publisher.flush(kafka.delivery_timeout_s)
+            return publisher, plan, checkpoint
+        except TopicBusy as busy:
+            publisher.close()
+            context.log.info(f"another replay claimed the topic at the same moment; backing off: {busy}")
+        except (DeliveryError, BrokerUnavailable) as error:
+            publisher.close()
+            raise Failure(
+                f"replay of {day} into {config.topic!r} could not claim the topic: {error}",
+                allow_retries=not isinstance(error, ProducerFenced),
+            ) from error
+
+
+@asset_check(
+    asset=click_data,
+    partitions_def=clickstream_days,
+    blocking=False,
+    description="Reads the replay back from Kafka (read_committed) and confirms that every row it sent "
+    "is there exactly once, each visitor's page views in their original order.",
+)
+def delivered_exactly_once(context: AssetCheckExecutionContext, kafka: KafkaResource) -> AssetCheckResult:
+    day = context.partition_key
+    run = context.instance.get_run_by_id(context.run.run_id)
+    topic = run.tags.get(TOPIC_TAG, DEFAULT_TOPIC)
+    replay_id = run.root_run_id or run.run_id
+    mine = [c for c in kafka.checkpoints() if c.topic == topic and c.day == day and c.replay_id == replay_id]
+    if not mine or mine[0].status != ReplayStatus.FINISHED:
+        state = mine[0].describe(time.time_ns() // 1_000_000) if mine else "no checkpoint"
+        return AssetCheckResult(passed=False, metadata={"reason": f"the replay did not finish: {state}"})
+    checkpoint = mine[0]
+    records = kafka.read_back(topic, dict(checkpoint.start_offsets))
+    found = verify_replay(
+        ((r.partition, r.offset, r.key, dict(r.headers or ()), r.value) for r in records),
+        day=day,
+        run_ids=checkpoint.run_ids,
+        expected_rows=checkpoint.next_row,
+    )
+    return AssetCheckResult(
+        passed=found.passed,
+        metadata={
+            "topic": topic,
+            **numeric(
+                {
+                    "expected_rows": found.expected,
+                    "messages_found": found.found,
+                    "duplicates": found.duplicates,
+                    "missing": found.missing,
+                    "out_of_order_visitors": found.out_of_order_keys,
+                    "undecodable": found.undecodable,
+                }
+            ),
+            "runs": ", ".join(checkpoint.run_ids),
+        },
     )
