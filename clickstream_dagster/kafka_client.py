@@ -6,13 +6,16 @@ No Dagster here: ``resources/kafka.py`` builds ``KafkaSettings`` from typed conf
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from dataclasses import dataclass, field
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import (
     InvalidProducerEpochError,
+    InvalidTopicError,
     KafkaError,
     KafkaTimeoutError,
     ProducerFencedError,
@@ -21,6 +24,7 @@ from kafka.errors import (
 
 from clickstream_dagster.checkpoints import Checkpoint
 from clickstream_dagster.replay import CommitInDoubt, DeliveryError, ProducerFenced
+from clickstream_dagster.topics import ORIGINAL_TIME_SETTINGS, ORIGINAL_TIME_TOPIC_CONFIGS, original_time_problems
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -42,6 +46,10 @@ CREDENTIAL_FIELDS = ("sasl_username", "sasl_password")
 
 class BrokerUnavailable(RuntimeError):
     """The cluster could not be reached or used; the message names the bootstrap servers."""
+
+
+class TopicUnfit(RuntimeError):
+    """The topic cannot take this replay as configured; the message names the setting and the fix."""
 
 
 @dataclass(frozen=True)
@@ -108,42 +116,87 @@ def ensure_topic(
     replication_factor: int,
     create: bool,
     topic_configs: dict[str, str] | None = None,
+    original_time_from_ms: int | None = None,
+    allow_retention_deletes: bool = False,
 ) -> bool:
     """Make sure ``topic`` exists; returns True if it was created now.
 
     With ``create=False`` a missing topic is an error, for clusters where the
     replay's principal may not create topics.
+
+    ``original_time_from_ms``: the records will carry their original timestamps, the
+    oldest this one. A topic created now gets no time-based retention; the topic's
+    settings are then read, and ``TopicUnfit`` raised, before anything is sent, if it
+    would refuse, restamp or (unless ``allow_retention_deletes``) delete such records.
     """
     try:
         admin = KafkaAdminClient(**settings.client_config())
     except (KafkaError, OSError) as error:
         raise settings.unavailable("connecting", error) from error
     try:
-        if topic in admin.list_topics():
-            return False
-        if not create:
-            raise BrokerUnavailable(
-                f"topic {topic!r} does not exist on Kafka at {settings.bootstrap_servers} and create_topic is off"
+        if original_time_from_ms is not None:
+            topic_configs = {**(topic_configs or {}), **ORIGINAL_TIME_TOPIC_CONFIGS}
+        created = _create_topic(admin, settings, topic, partitions, replication_factor, create, topic_configs)
+        if original_time_from_ms is not None:
+            found = admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic, dict.fromkeys(ORIGINAL_TIME_SETTINGS))],
+                config_filter="all",
             )
-        try:
-            admin.create_topics(
-                {
-                    topic: {
-                        "num_partitions": partitions,
-                        "replication_factor": replication_factor,
-                        "configs": topic_configs or {},
-                    }
-                },
-                timeout_ms=int(settings.connect_timeout_s * 1000),
-                wait_for_metadata=True,
+            topic_settings = {name: c["value"] for name, c in found["topic"].get(topic, {}).items()}
+            if "retention.ms" not in topic_settings:  # never absent from a topic Kafka describes
+                raise TopicUnfit(
+                    f"record_timestamp=original: could not read the settings of topic {topic!r} on Kafka at "
+                    f"{settings.bootstrap_servers}, so cannot tell whether it keeps 2012 timestamps"
+                )
+            problems = original_time_problems(
+                topic, topic_settings, original_time_from_ms, int(time.time() * 1000),
+                allow_retention_deletes=allow_retention_deletes, bootstrap_servers=settings.bootstrap_servers,
             )
-        except TopicAlreadyExistsError:
-            return False  # created concurrently by someone else: fine
-        return True
+            if problems:
+                raise TopicUnfit("record_timestamp=original: " + "; ".join(problems))
+        return created
     except KafkaError as error:
         raise settings.unavailable(f"preparing topic {topic!r}", error) from error
     finally:
         admin.close()
+
+
+def _create_topic(
+    admin: KafkaAdminClient,
+    settings: KafkaSettings,
+    topic: str,
+    partitions: int,
+    replication_factor: int,
+    create: bool,
+    topic_configs: dict[str, str] | None,
+) -> bool:
+    if topic in admin.list_topics():
+        return False
+    if not create:
+        raise BrokerUnavailable(
+            f"topic {topic!r} does not exist on Kafka at {settings.bootstrap_servers} and create_topic is off"
+        )
+    try:
+        admin.create_topics(
+            {
+                topic: {
+                    "num_partitions": partitions,
+                    "replication_factor": replication_factor,
+                    "configs": topic_configs or {},
+                }
+            },
+            timeout_ms=int(settings.connect_timeout_s * 1000),
+            wait_for_metadata=True,
+        )
+    except TopicAlreadyExistsError:
+        return False  # created concurrently by someone else: fine
+    except InvalidTopicError as error:  # e.g. its name collides with another's ('.' vs '_')
+        reason = re.search(r'error_message="([^"]+)"', str(error))
+        raise TopicUnfit(
+            f"Kafka at {settings.bootstrap_servers} refused to create topic {topic!r}: "
+            f"{reason.group(1) if reason else error}"
+        ) from error
+    return True
 
 
 class KafkaPublisher:

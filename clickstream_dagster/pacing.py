@@ -20,6 +20,11 @@ class PacingMode(StrEnum):
     MAX = "max"  # as fast as the broker takes them, optionally capped by max_rate
 
 
+MAX_WAIT_S = 86_400.0  # a day: the longest wait any setting may ask for between two messages
+MIN_SPEED, MAX_SPEED = 1e-6, 1e6
+MAX_RATE = 1e7  # messages per second; far beyond what one producer sends
+
+
 class PacingError(ValueError):
     """A pacing setting is out of range; the message names the setting and the value."""
 
@@ -35,17 +40,19 @@ class Pacing:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", PacingMode(self.mode))
-        _require(math.isfinite(self.speed) and self.speed > 0, "speed", self.speed, "a number > 0")
-        _require(self.min_delay_s >= 0, "min_delay_s", self.min_delay_s, ">= 0")
-        _require(
-            math.isfinite(self.max_delay_s) and self.max_delay_s >= self.min_delay_s,
-            "max_delay_s",
-            self.max_delay_s,
-            f">= min_delay_s ({self.min_delay_s})",
+        # Bounded so that any schedule stays a sane number of seconds (an unbounded one ends in
+        # OverflowError deep in time.sleep): nothing waits more than a day between messages.
+        _require_within("speed", self.speed, MIN_SPEED, MAX_SPEED, "from 0.000001 to 1000000")
+        _require_within("min_delay_s", self.min_delay_s, 0.0, MAX_WAIT_S, "from 0 to 86400 (a day)")
+        _require_within(
+            "max_delay_s", self.max_delay_s, self.min_delay_s, MAX_WAIT_S,
+            f"from min_delay_s ({self.min_delay_s:g}) to 86400 (a day)",
         )
-        _require(math.isfinite(self.interval_ms) and self.interval_ms >= 0, "interval_ms", self.interval_ms, ">= 0")
+        _require_within("interval_ms", self.interval_ms, 0.0, MAX_WAIT_S * 1000, "from 0 to 86400000 (a day)")
         if self.max_rate is not None:
-            _require(math.isfinite(self.max_rate) and self.max_rate > 0, "max_rate", self.max_rate, "> 0 msgs/s")
+            _require_within(
+                "max_rate", self.max_rate, 1 / MAX_WAIT_S, MAX_RATE, "from 1/86400 (one a day) to 10000000 msgs/s"
+            )
 
     @property
     def is_paced(self) -> bool:
@@ -63,9 +70,9 @@ class Pacing:
         return f"as fast as possible, capped at {self.max_rate:g} msgs/s" if self.max_rate else "as fast as possible"
 
 
-def _require(ok: bool, name: str, value: object, expected: str) -> None:
-    if not ok:
-        raise PacingError(f"pacing setting {name}={value!r} is invalid: expected {expected}")
+def _require_within(name: str, value: float, low: float, high: float, expected: str) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+        raise PacingError(f"pacing setting {name}={value!r} is invalid: expected a number {expected}")
 
 
 def send_offsets(original_timestamps: np.ndarray, pacing: Pacing) -> np.ndarray:

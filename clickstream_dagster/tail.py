@@ -68,6 +68,8 @@ def decode_value(value: bytes | None) -> dict | None:
     parsed = parse_json(value)
     if not isinstance(parsed, dict):
         return None
+    if isinstance(parsed.get("V"), dict) and "K" in parsed:
+        parsed = parsed["V"]  # the quix format's envelope (see encoding.QUIX_ENVELOPE_HEAD)
     if isinstance(parsed.get("StringValues"), dict) and isinstance(parsed.get("NumericValues"), dict):
         return _decode_quix(parsed)
     if "original_timestamp" in parsed and "userId" in parsed:

@@ -1,5 +1,7 @@
 """The pacing schedule as a pure function, with exact expectations."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -56,13 +58,35 @@ def test_empty_and_single_message_schedules(mode):
         ({"min_delay_s": 5, "max_delay_s": 1}, "max_delay_s=1"),
         ({"interval_ms": -5}, "interval_ms=-5"),
         ({"max_rate": 0}, "max_rate=0"),
+        # Each setting is bounded: no wait longer than a day, so no schedule overflows a sleep.
+        ({"interval_ms": 1e15}, "interval_ms=1000000000000000.0"),
+        ({"interval_ms": float("inf")}, "interval_ms=inf"),
+        ({"interval_ms": 86_400_001}, "interval_ms=86400001"),
+        ({"max_delay_s": 1e12}, "max_delay_s=1000000000000.0"),
+        ({"min_delay_s": 1e12, "max_delay_s": 1e12}, "min_delay_s=1000000000000.0"),
+        ({"speed": 1e-300}, "speed=1e-300"),
+        ({"speed": 1e300}, "speed=1e+300"),
+        ({"max_rate": 1e-9}, "max_rate=1e-09"),
+        ({"max_rate": float("inf")}, "max_rate=inf"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_setting(settings, named):
-    with pytest.raises(PacingError, match=named):
+    with pytest.raises(PacingError, match=re.escape(named)):
         Pacing(**settings)
 
 
 def test_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="'slow'"):
         Pacing(mode="slow")
+
+
+def test_the_bounds_themselves_are_accepted():
+    day = Pacing(mode="original", min_delay_s=86_400, max_delay_s=86_400, speed=1e-6)
+    assert send_offsets(TS[:2], day).tolist() == [0, 86_400]
+    assert send_offsets(TS[:2], Pacing(mode="fixed", interval_ms=86_400_000)).tolist() == [0, 86_400]
+    assert send_offsets(TS[:2], Pacing(mode="max", max_rate=1 / 86_400)).tolist() == [0, 86_400]
+
+
+def test_an_out_of_range_setting_says_what_range_it_takes():
+    with pytest.raises(PacingError, match=r"interval_ms=.* expected a number from 0 to 86400000 \(a day\)"):
+        Pacing(interval_ms=1e15)

@@ -8,7 +8,6 @@ import contextlib
 import math
 import os
 import random
-import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -43,7 +42,7 @@ from clickstream_dagster.checkpoints import (
     plan_replay,
     transactional_id,
 )
-from clickstream_dagster.kafka_client import BrokerUnavailable, KafkaPublisher
+from clickstream_dagster.kafka_client import BrokerUnavailable, KafkaPublisher, TopicUnfit
 from clickstream_dagster.pacing import Pacing, PacingError, send_offsets
 from clickstream_dagster.partitions import clickstream_days
 from clickstream_dagster.readback import verify_replay
@@ -58,10 +57,10 @@ from clickstream_dagster.replay import (
     run_replay,
 )
 from clickstream_dagster.resources.kafka import KafkaResource
+from clickstream_dagster.topics import topic_name_problem, topic_name_warning
 
 REPLAY_GROUP = "replay"
 DEFAULT_TOPIC = "click-data"
-_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 # A broker error mid-replay is retried this often (with backoff), each retry resuming at the checkpoint.
 STEP_RETRIES = 2
@@ -81,9 +80,15 @@ class ReplayConfig(Config):
     interval_ms: float = Field(default=200.0, description="fixed pacing: milliseconds between messages")
     max_rate: float | None = Field(default=None, description="max pacing: cap in messages per second")
     limit: int | None = Field(default=None, description="send at most this many messages (smoke runs)")
-    message_format: Literal["json", "quix"] = Field(default="json", description="json object or Quix TimeseriesData")
+    message_format: Literal["json", "quix"] = Field(
+        default="json", description="json object, or quix: the Quix SDK's TimeseriesData envelope"
+    )
     record_timestamp: Literal["replay", "original"] = Field(
         default="replay", description="Kafka record time: the send time, or the page view's own time"
+    )
+    allow_retention_deletes: bool = Field(
+        default=False,
+        description="record_timestamp=original: send even if the topic's retention.ms will delete the records",
     )
     dry_run: bool = Field(default=False, description="send nothing; report count and expected duration")
     delivery: Literal["exactly_once", "at_least_once"] = Field(
@@ -114,8 +119,8 @@ class ReplayConfig(Config):
 def _validated(config: ReplayConfig) -> Pacing:
     """Check values the type system cannot, before anything is sent (never retried)."""
     problems = []
-    if not _TOPIC_NAME.match(config.topic):
-        problems.append(f"topic={config.topic!r}: use 1-249 of [A-Za-z0-9._-]")
+    if topic_problem := topic_name_problem(config.topic):
+        problems.append(topic_problem)
     for name in ("wait_for_topic_s", "progress_interval_s"):
         value = getattr(config, name)
         if not (math.isfinite(value) and value >= 0):
@@ -237,7 +242,10 @@ def click_data(
     context.instance.add_run_tags(
         context.run.run_id, {TOPIC_TAG: config.topic, PACING_TAG: config.pacing, DAY_TAG: day}
     )
+    if name_warning := topic_name_warning(config.topic):
+        context.log.warning(name_warning)
     events = clickstream_events.collect()
+    day_rows = events.height  # the day's page views, before any limit
     if config.limit is not None:
         events = events.head(config.limit)
     offsets_s = send_offsets(events["original_timestamp"].to_numpy(), pacing)
@@ -263,14 +271,19 @@ def click_data(
         )
         return
 
-    if config.record_timestamp == "original":
-        context.log.warning(
-            f"record_timestamp=original: records carry {day} timestamps; a topic with time-based "
-            "retention (retention.ms) may delete them all at once"
-        )
+    if config.limit == 0:
+        # Nothing to send, and nothing said about the day: not recorded as a replay.
+        context.log.info(f"limit 0: nothing sent to {config.topic!r} ({day} has {day_rows} page views)")
+        return
+    # With original timestamps, a topic that would refuse or delete them fails the run here.
+    oldest_s = events["original_timestamp"].min() if config.record_timestamp == "original" else None
     try:
-        created = kafka.ensure_topic(config.topic)
-    except BrokerUnavailable as error:
+        created = kafka.ensure_topic(
+            config.topic,
+            original_time_from_ms=oldest_s * 1000 if oldest_s is not None else None,
+            allow_retention_deletes=config.allow_retention_deletes,
+        )
+    except (BrokerUnavailable, TopicUnfit) as error:
         raise _starting_failure(context, config, error) from error
     if events.height == 0:
         context.log.info(f"{day} has no page views: nothing to send")
@@ -370,7 +383,8 @@ def click_data(
             **_report(progress),
             **resumed,
             "replay_id": replay_id,
-            "day_rows": MetadataValue.int(events.height),
+            "day_rows": MetadataValue.int(day_rows),
+            "messages_planned": MetadataValue.int(events.height),
             "bootstrap_servers": kafka.bootstrap_servers,
             "preview": MetadataValue.json(preview),
         }

@@ -75,9 +75,12 @@ class KafkaResource(ConfigurableResource):
         except ValueError as error:
             raise Failure(f"kafka resource: {error}", allow_retries=False) from error
 
-    def ensure_topic(self, topic: str) -> bool:
+    def ensure_topic(
+        self, topic: str, original_time_from_ms: int | None = None, allow_retention_deletes: bool = False
+    ) -> bool:
         """True if the topic was created now (the checkpoint topic too, compacted, if missing);
-        ``BrokerUnavailable`` naming the cluster if unusable."""
+        ``BrokerUnavailable`` naming the cluster if unusable, ``TopicUnfit`` naming the topic
+        setting at fault (see ``kafka_client.ensure_topic``)."""
         settings = self.settings()
         ensure_topic(
             settings,
@@ -93,6 +96,8 @@ class KafkaResource(ConfigurableResource):
             partitions=self.topic_partitions,
             replication_factor=self.topic_replication_factor,
             create=self.create_topic,
+            original_time_from_ms=original_time_from_ms,
+            allow_retention_deletes=allow_retention_deletes,
         )
 
     def end_offsets(self, topic: str) -> dict[int, int]:

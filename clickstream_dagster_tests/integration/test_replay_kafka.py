@@ -9,6 +9,8 @@ import polars as pl
 import pytest
 from dagster import materialize
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.admin import ConfigResource, ConfigResourceType
+from quixstreams import Application
 
 from clickstream_dagster.assets import prepare, replay
 from clickstream_dagster.generator import write_log
@@ -135,21 +137,140 @@ def test_a_fixed_interval_replay_is_spaced_as_configured(prepared, kafka_bootstr
     assert expected_ms - 50 <= span_ms <= expected_ms * 2
     [mat] = result.asset_materializations_for_node("click_data")
     assert mat.metadata["messages"].value == n
+    assert mat.metadata["messages_planned"].value == n
+    assert mat.metadata["day_rows"].value == day_rows(prepared).height  # the whole day, not the limit
     assert "lateness_p99_ms" in mat.metadata and "final_drift_ms" in mat.metadata
 
 
-def test_quix_format_with_original_record_timestamps(prepared, kafka_bootstrap_servers, topic, dagster_instance):
-    rows = day_rows(prepared).head(50)
+def test_quix_streams_3_reads_every_row_of_a_quix_replay_with_original_timestamps(
+    prepared, kafka_bootstrap_servers, topic, dagster_instance, tmp_path
+):
+    rows = day_rows(prepared)
+    started_ns = time.time_ns()
     result = run_replay(
         prepared, kafka_bootstrap_servers, dagster_instance,
-        topic=topic, pacing="max", limit=50, message_format="quix", record_timestamp="original",
+        topic=topic, pacing="max", message_format="quix", record_timestamp="original",
     )
     assert result.success
-    records = consume_all(kafka_bootstrap_servers, topic, 50)
-    assert sorted(r.timestamp for r in records) == sorted(ts * 1000 for ts in rows["original_timestamp"])
-    value = json.loads(records[0].value)
-    assert set(value) == {"Epoch", "Timestamps", "NumericValues", "StringValues", "TagValues"}
-    assert value["StringValues"]["userId"] == [records[0].key.decode()]
+
+    # A reader no one here wrote, configured as Quix's docs show; bounded by count and idle timeout.
+    app = Application(
+        broker_address=kafka_bootstrap_servers, consumer_group=f"quix-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest", state_dir=str(tmp_path / "quix-state"), auto_create_topics=False,
+    )
+    app.dataframe(app.topic(topic, key_deserializer="str", value_deserializer="quix"))
+    outputs = app.run(count=rows.height, timeout=30, metadata=True)
+
+    assert len(outputs) == rows.height
+    fields = ["original_timestamp", "userId", "ip", "productId", "userAgent"]
+    # metadata=True: each output is the row's fields plus the record's "_key", "_timestamp", ...
+    got = sorted(tuple(o[f] for f in fields) for o in outputs)
+    expected = sorted((float(r[0]), *r[1:]) for r in rows.select(fields).iter_rows())
+    assert got == expected
+    for o in outputs:
+        assert o["_key"] == o["userId"]
+        assert o["_timestamp"] == o["original_timestamp"] * 1000  # the Kafka record time
+        assert started_ns < o["Timestamp"] < time.time_ns()  # the replay time, in ns
+
+
+def test_a_topic_created_for_original_timestamps_keeps_them_without_time_limit(
+    prepared, kafka_bootstrap_servers, topic, dagster_instance
+):
+    result = run_replay(
+        prepared, kafka_bootstrap_servers, dagster_instance, topic=topic, pacing="max", limit=5, record_timestamp="original"
+    )
+    assert result.success
+    assert topic_setting(kafka_bootstrap_servers, topic, "retention.ms") == "-1"
+    assert len(consume_all(kafka_bootstrap_servers, topic, 5)) == 5
+
+
+def test_original_timestamps_into_a_topic_that_would_delete_them_fail_before_sending(
+    prepared, kafka_bootstrap_servers, kafka_topic, dagster_instance
+):
+    # kafka_topic has the broker's default retention (7 days): records from 2012 would go at once.
+    retention = topic_setting(kafka_bootstrap_servers, kafka_topic, "retention.ms")
+    result = run_replay(
+        prepared, kafka_bootstrap_servers, dagster_instance, topic=kafka_topic, pacing="max", limit=5,
+        record_timestamp="original",
+    )
+    assert not result.success
+    message = step_failure(result)
+    assert f"retention.ms={retention}" in message
+    assert f"--entity-name {kafka_topic} --add-config retention.ms=-1" in message
+    assert "allow_retention_deletes" in message
+    assert end_offsets(kafka_bootstrap_servers, kafka_topic) == 0  # nothing was sent
+
+    accepted = run_replay(
+        prepared, kafka_bootstrap_servers, dagster_instance, topic=kafka_topic, pacing="max", limit=5,
+        record_timestamp="original", allow_retention_deletes=True,
+    )
+    assert accepted.success
+    assert len(consume_all(kafka_bootstrap_servers, kafka_topic, 5)) == 5
+
+
+def test_original_timestamps_into_a_topic_that_restamps_them_fail_before_sending(
+    prepared, kafka_bootstrap_servers, kafka_topic, dagster_instance
+):
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap_servers)
+    try:
+        admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, kafka_topic, {"message.timestamp.type": "LogAppendTime"})]
+        )
+    finally:
+        admin.close()
+    result = run_replay(
+        prepared, kafka_bootstrap_servers, dagster_instance, topic=kafka_topic, pacing="max", limit=5,
+        record_timestamp="original", allow_retention_deletes=True,
+    )
+    assert not result.success
+    assert "message.timestamp.type=LogAppendTime" in step_failure(result)
+    assert end_offsets(kafka_bootstrap_servers, kafka_topic) == 0
+
+
+def test_limit_zero_sends_nothing_and_records_no_replay(prepared, kafka_bootstrap_servers, topic, dagster_instance):
+    result = run_replay(prepared, kafka_bootstrap_servers, dagster_instance, topic=topic, limit=0)
+    assert result.success
+    assert result.asset_materializations_for_node("click_data") == []
+    logs = [entry.user_message for entry in dagster_instance.all_logs(result.run_id)]
+    assert any("limit 0: nothing sent" in m for m in logs)
+    assert not any("has no page views" in m for m in logs)
+
+
+def test_a_topic_name_colliding_with_another_is_refused_as_such(prepared, kafka_bootstrap_servers, dagster_instance):
+    suffix = uuid.uuid4().hex[:8]
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap_servers)
+    try:
+        admin.create_topics({f"click.data.{suffix}": {"num_partitions": 1, "replication_factor": 1}})
+        result = run_replay(prepared, kafka_bootstrap_servers, dagster_instance, topic=f"click_data_{suffix}", limit=1)
+        assert not result.success
+        assert f"collides with existing topic: click.data.{suffix}" in step_failure(result)
+    finally:
+        admin.delete_topics([f"click.data.{suffix}"])
+        admin.close()
+
+
+def step_failure(result) -> str:
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    return failure.event_specific_data.error.message
+
+
+def topic_setting(bootstrap, topic, name) -> str:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {name: None})], config_filter="all")
+        return found["topic"][topic][name]["value"]
+    finally:
+        admin.close()
+
+
+def end_offsets(bootstrap, topic) -> int:
+    """The topic's end offsets, summed: 0 until anything (a record or a transaction marker) is written."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        return sum(consumer.end_offsets(partitions).values())
+    finally:
+        consumer.close()
 
 
 def test_dry_run_sends_nothing_and_reports_the_expected_duration(prepared, kafka_bootstrap_servers, topic, dagster_instance):
@@ -180,7 +301,17 @@ def test_a_dead_broker_fails_the_run_naming_the_servers(prepared, dagster_instan
     assert "within 3 s" in failure.event_specific_data.error.message
 
 
-@pytest.mark.parametrize(("config", "named"), [({"speed": 0, "pacing": "original"}, "speed=0"), ({"topic": "bad topic"}, "topic='bad topic'"), ({"limit": -1}, "limit=-1")])
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        ({"speed": 0, "pacing": "original"}, "speed=0"),
+        ({"topic": "bad topic"}, "topic='bad topic'"),
+        ({"topic": "."}, "topic='.'"),
+        ({"topic": ".."}, "topic='..'"),
+        ({"limit": -1}, "limit=-1"),
+        ({"interval_ms": 1e15}, "interval_ms=1000000000000000.0"),
+    ],
+)
 def test_bad_config_fails_once_before_sending(prepared, kafka_bootstrap_servers, dagster_instance, config, named):
     result = run_replay(prepared, kafka_bootstrap_servers, dagster_instance, **config)
     assert not result.success

@@ -179,7 +179,7 @@ def test_from_beginning_prints_every_message_as_json(kafka_bootstrap_servers, ka
     # fields of both formats, null productId included, come through unchanged
     values = [json.loads(line)["value"] for line in result.stdout.splitlines()]
     assert any(v.get("productId", "x") is None for v in values)
-    assert any(v.get("StringValues", {}).get("productId") == [None] for v in values)
+    assert any(v.get("V", {}).get("StringValues", {}).get("productId") == [None] for v in values)
 
 
 def test_from_now_prints_exactly_the_new_messages(
