@@ -1,11 +1,14 @@
-"""Prepare again, without anyone asking, when the clickstream log file changes."""
+"""Sensors: prepare again when the clickstream log changes; keep the live replay feed going."""
 
 import hashlib
 import json
 from pathlib import Path
 
 from dagster import (
+    AssetKey,
     AssetObservation,
+    AssetRecordsFilter,
+    DagsterInstance,
     DefaultSensorStatus,
     RunRequest,
     SensorEvaluationContext,
@@ -14,11 +17,16 @@ from dagster import (
     sensor,
 )
 
+# Private, but these are the tags Dagster itself records data versions and their provenance
+# under: an observation tagged with the log's sha256 is the version every prepare run reads.
+from dagster._core.definitions.data_version import DATA_VERSION_TAG, get_input_data_version_tag
+
 from clickstream_dagster.jobs import prepare_clickstream
 from clickstream_dagster.partitions import clickstream_days
 from clickstream_dagster.resources.log_file import ClickstreamLogFile
 
 CLICKSTREAM_CSV_KEY = "clickstream_csv"
+PREPARED_ASSETS = ("clickstream_events", "clickstream_rejects")
 
 
 def file_version(path: Path, previous: dict | None) -> dict:
@@ -34,12 +42,42 @@ def file_version(path: Path, previous: dict | None) -> dict:
     return version | {"sha256": digest.hexdigest()}
 
 
+def log_observation(version: dict) -> AssetObservation:
+    """The log as seen now, its sha256 as data version: a prepare run that starts after this
+    records it as the input version it read (``dagster/input_data_version/clickstream_csv``)."""
+    return AssetObservation(
+        asset_key=CLICKSTREAM_CSV_KEY,
+        metadata={"sha256": version["sha256"], "size_bytes": version["size"], "path": version["path"]},
+        tags={DATA_VERSION_TAG: version["sha256"]},
+    )
+
+
+def prepared_log_version(instance: DagsterInstance) -> str | None:
+    """The log version every prepared day and the rejects were last materialized from, if they agree.
+
+    None when something is missing or the latest materializations read different versions (or
+    none was recorded): then only preparing again makes the data match one log.
+    """
+    version_tag = get_input_data_version_tag(AssetKey(CLICKSTREAM_CSV_KEY))
+    filters = [AssetRecordsFilter(AssetKey("clickstream_events"), asset_partitions=[day])
+               for day in clickstream_days.get_partition_keys()]
+    filters.append(AssetRecordsFilter(AssetKey("clickstream_rejects")))
+    versions = set()
+    for records_filter in filters:
+        records = instance.fetch_materializations(records_filter, limit=1).records
+        if not records:
+            return None
+        versions.add((records[0].event_log_entry.tags or {}).get(version_tag))
+    [version] = versions if len(versions) == 1 else [None]
+    return version
+
+
 @sensor(
     name="clickstream_log_changed",
     job=prepare_clickstream,
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
-    description="When the log's content changes, prepare all days again in one run.",
+    description="When the log's content differs from what the last prepare read, prepare all days again in one run.",
 )
 def clickstream_log_changed(context: SensorEvaluationContext, clickstream_log: ClickstreamLogFile):
     path = Path(clickstream_log.path)
@@ -47,13 +85,23 @@ def clickstream_log_changed(context: SensorEvaluationContext, clickstream_log: C
         return SkipReason(f"clickstream log {path} not found (CLICKSTREAM_CSV)")
     previous = json.loads(context.cursor) if context.cursor else None
     current = file_version(path, previous)
+    cursor = json.dumps(current)
     if previous and previous.get("sha256") == current["sha256"]:
-        return SensorResult(skip_reason=SkipReason(f"{path.name} unchanged"), cursor=json.dumps(current))
+        return SensorResult(skip_reason=SkipReason(f"{path.name} unchanged"), cursor=cursor)
+    # First sight (a new sensor, or a new instance after `make demo`) or a new content: prepare
+    # only if the prepared days were not read from exactly this log.
+    if prepared_log_version(context.instance) == current["sha256"]:
+        return SensorResult(
+            skip_reason=SkipReason(f"all days already prepared from {path.name} (sha256 {current['sha256'][:12]})"),
+            cursor=cursor,
+        )
     keys = clickstream_days.get_partition_keys()
     return SensorResult(
         run_requests=[
             RunRequest(
-                run_key=current["sha256"],
+                # The content and its mtime: a log that goes back to an earlier content is
+                # prepared again (a key made of the hash alone would be deduplicated away).
+                run_key=f"{current['sha256']}@{current['mtime_ns']}",
                 tags={
                     # One run over all days: the log is scanned once.
                     "dagster/asset_partition_range_start": keys[0],
@@ -61,11 +109,7 @@ def clickstream_log_changed(context: SensorEvaluationContext, clickstream_log: C
                 },
             )
         ],
-        asset_events=[
-            AssetObservation(
-                asset_key=CLICKSTREAM_CSV_KEY,
-                metadata={"sha256": current["sha256"], "size_bytes": current["size"], "path": str(path)},
-            )
-        ],
-        cursor=json.dumps(current),
+        # Recorded before the run is launched, so the run reads (and records) this version.
+        asset_events=[log_observation(current)],
+        cursor=cursor,
     )
