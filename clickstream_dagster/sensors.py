@@ -2,6 +2,8 @@
 
 import hashlib
 import json
+import os
+import time
 from pathlib import Path
 
 from dagster import (
@@ -11,6 +13,7 @@ from dagster import (
     DagsterInstance,
     DefaultSensorStatus,
     RunRequest,
+    RunsFilter,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -21,7 +24,17 @@ from dagster import (
 # under: an observation tagged with the log's sha256 is the version every prepare run reads.
 from dagster._core.definitions.data_version import DATA_VERSION_TAG, get_input_data_version_tag
 
-from clickstream_dagster.jobs import prepare_clickstream
+from clickstream_dagster.assets.replay import DAY_TAG, DEFAULT_TOPIC, PACING_TAG, TOPIC_TAG, ReplayConfig
+from clickstream_dagster.feed import (
+    FAILED,
+    FINISHED,
+    FeedRun,
+    failure_note,
+    feed_run_config,
+    newly_finished,
+    next_step,
+)
+from clickstream_dagster.jobs import prepare_clickstream, replay_clickstream
 from clickstream_dagster.partitions import clickstream_days
 from clickstream_dagster.resources.log_file import ClickstreamLogFile
 
@@ -59,8 +72,10 @@ def prepared_log_version(instance: DagsterInstance) -> str | None:
     none was recorded): then only preparing again makes the data match one log.
     """
     version_tag = get_input_data_version_tag(AssetKey(CLICKSTREAM_CSV_KEY))
-    filters = [AssetRecordsFilter(AssetKey("clickstream_events"), asset_partitions=[day])
-               for day in clickstream_days.get_partition_keys()]
+    filters = [
+        AssetRecordsFilter(AssetKey("clickstream_events"), asset_partitions=[day])
+        for day in clickstream_days.get_partition_keys()
+    ]
     filters.append(AssetRecordsFilter(AssetKey("clickstream_rejects")))
     versions = set()
     for records_filter in filters:
@@ -92,7 +107,9 @@ def clickstream_log_changed(context: SensorEvaluationContext, clickstream_log: C
     # only if the prepared days were not read from exactly this log.
     if prepared_log_version(context.instance) == current["sha256"]:
         return SensorResult(
-            skip_reason=SkipReason(f"all days already prepared from {path.name} (sha256 {current['sha256'][:12]})"),
+            skip_reason=SkipReason(
+                f"all days already prepared from {path.name} (sha256 {current['sha256'][:12]})"
+            ),
             cursor=cursor,
         )
     keys = clickstream_days.get_partition_keys()
@@ -111,5 +128,85 @@ def clickstream_log_changed(context: SensorEvaluationContext, clickstream_log: C
         ],
         # Recorded before the run is launched, so the run reads (and records) this version.
         asset_events=[log_observation(current)],
+        cursor=cursor,
+    )
+
+
+# --------------------------------------------------------------------------- the live feed
+
+REPLAY_FEED = "replay_feed"
+REPLAY_FEED_CONFIG = feed_run_config(os.environ, set(ReplayConfig.model_fields), DEFAULT_TOPIC)
+# How many of its latest runs the feed reads back: enough to find the queued one and the failures.
+FEED_HISTORY = 50
+
+
+def topic_runs_one_at_a_time(instance: DagsterInstance, topic: str) -> bool:
+    """True when the instance's run queue starts runs tagged with ``topic`` one at a time
+    (``concurrency.runs.tag_concurrency_limits`` on the topic tag, limit 1)."""
+    queue = instance.get_concurrency_config().run_queue_config  # None: no run queue at all
+    for limit in (queue.tag_concurrency_limits if queue else None) or []:
+        value = limit.get("value")
+        per_value = isinstance(value, dict) and value.get("applyLimitPerUniqueValue")
+        if (
+            limit.get("key") == TOPIC_TAG
+            and limit.get("limit") == 1
+            and (value is None or value == topic or per_value)
+        ):
+            return True
+    return False
+
+
+@sensor(
+    name=REPLAY_FEED,
+    job=replay_clickstream,
+    minimum_interval_seconds=5,
+    default_status=DefaultSensorStatus.STOPPED,
+    description="A live feed: replays the 15 days one after the other, for ever, each starting when the "
+    "previous one ends (original timing at REPLAY_FEED_SPEED into REPLAY_FEED_TOPIC). The next day "
+    "waits in the queue behind the one playing; a failed day is reported and the feed goes on.",
+)
+def replay_feed(context: SensorEvaluationContext):
+    days = clickstream_days.get_partition_keys()
+    config = REPLAY_FEED_CONFIG
+    records = context.instance.get_run_records(
+        filters=RunsFilter(job_name=replay_clickstream.name, tags={"dagster/sensor_name": REPLAY_FEED}),
+        limit=FEED_HISTORY,
+    )
+    runs = [
+        FeedRun(
+            r.dagster_run.run_id,
+            r.dagster_run.tags.get("dagster/partition"),
+            r.dagster_run.status.value,
+            r.end_time,
+        )
+        for r in records
+    ]
+    finished = [run for run in runs if run.status in FINISHED]
+    # The cursor only remembers which ended runs were reported; where the feed is comes from
+    # its runs, so a restarted daemon (or a reset cursor) goes on from the last day played.
+    reported = (
+        json.loads(context.cursor)["reported"] if context.cursor else (finished[0].run_id if finished else "")
+    )
+    notes = [failure_note(run, days) for run in newly_finished(runs, reported) if run.status in FAILED]
+    for note in notes:
+        context.log.warning(note)
+    cursor = json.dumps({"reported": finished[0].run_id if finished else reported})
+
+    step = next_step(
+        runs, days, queue_ahead=topic_runs_one_at_a_time(context.instance, config["topic"]), now=time.time()
+    )
+    if step.day is None:
+        return SensorResult(skip_reason=SkipReason(" ".join([*notes, step.reason])), cursor=cursor)
+    context.log.info(step.reason)
+    return SensorResult(
+        run_requests=[
+            RunRequest(
+                # The day and the run it follows: a tick evaluated twice requests it once.
+                run_key=f"{REPLAY_FEED}:{step.after or 'start'}:{step.day}",
+                partition_key=step.day,
+                run_config={"ops": {"click_data": {"config": config}}},
+                tags={TOPIC_TAG: config["topic"], PACING_TAG: config["pacing"], DAY_TAG: step.day},
+            )
+        ],
         cursor=cursor,
     )

@@ -11,9 +11,17 @@ from clickstream_dagster.assets import prepare
 from clickstream_dagster.generator import write_log
 from clickstream_dagster.resources.log_file import ClickstreamLogFile
 from clickstream_dagster.resources.parquet import DailyParquetIOManager
-from clickstream_dagster.sensors import clickstream_log_changed, file_version, log_observation, prepared_log_version
+from clickstream_dagster.sensors import (
+    clickstream_log_changed,
+    file_version,
+    log_observation,
+    prepared_log_version,
+)
 
-ALL_DAYS = {"dagster/asset_partition_range_start": "2012-03-01", "dagster/asset_partition_range_end": "2012-03-15"}
+ALL_DAYS = {
+    "dagster/asset_partition_range_start": "2012-03-01",
+    "dagster/asset_partition_range_end": "2012-03-15",
+}
 
 
 def evaluate(instance, path, cursor=None):
@@ -85,7 +93,9 @@ def test_the_hash_is_reused_while_size_and_mtime_stay(tmp_path):
     assert json.loads(json.dumps(version)) == version
 
 
-def test_a_new_sensor_on_data_prepared_from_the_same_log_prepares_nothing(generated_log, tmp_path, dagster_instance):
+def test_a_new_sensor_on_data_prepared_from_the_same_log_prepares_nothing(
+    generated_log, tmp_path, dagster_instance
+):
     """`make demo` then `make dev`: the sensor has no cursor yet, but the days were read from this log."""
     version = file_version(generated_log, None)
     dagster_instance.report_runless_asset_event(log_observation(version))
@@ -99,7 +109,9 @@ def test_a_new_sensor_on_data_prepared_from_the_same_log_prepares_nothing(genera
     assert json.loads(first.cursor)["sha256"] == version["sha256"]
 
 
-def test_a_log_that_differs_from_what_was_prepared_is_prepared_again(generated_log, tmp_path, dagster_instance):
+def test_a_log_that_differs_from_what_was_prepared_is_prepared_again(
+    generated_log, tmp_path, dagster_instance
+):
     dagster_instance.report_runless_asset_event(log_observation(file_version(generated_log, None)))
     prepare_all_days(dagster_instance, generated_log, tmp_path)
     changed = tmp_path / "changed.csv"
@@ -108,7 +120,9 @@ def test_a_log_that_differs_from_what_was_prepared_is_prepared_again(generated_l
     assert request.run_key.startswith(file_version(changed, None)["sha256"])
 
 
-def test_days_prepared_without_a_known_log_version_are_prepared_again(generated_log, tmp_path, dagster_instance):
+def test_days_prepared_without_a_known_log_version_are_prepared_again(
+    generated_log, tmp_path, dagster_instance
+):
     prepare_all_days(dagster_instance, generated_log, tmp_path)  # no observation: version unknown
     assert prepared_log_version(dagster_instance) != file_version(generated_log, None)["sha256"]
     assert evaluate(dagster_instance, generated_log).run_requests
