@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -229,3 +230,42 @@ def test_ctrl_c_stops_the_demo_and_its_replay_within_seconds(kafka_bootstrap_ser
         assert observation.run_id == replay.run_id
         messages = observation.asset_observation.metadata["messages"].value
     assert 0 < messages == topic_size(kafka_bootstrap_servers, topic)
+
+
+def test_with_demo_wait_it_waits_visibly_then_replays(kafka_bootstrap_servers, tmp_path):
+    from clickstream_dagster.definitions import defs
+    from clickstream_dagster_tests.e2e.conftest import wait_for
+
+    topic = f"e2e-demo-wait-{uuid.uuid4().hex[:8]}"
+    env, home = demo_env(tmp_path, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap_servers, DEMO_TOPIC=topic, DEMO_WAIT="1")
+    with DagsterInstance.from_config(str(home)) as instance:
+        busy = instance.create_run_for_job(
+            defs.resolve_job_def("replay_clickstream"),
+            tags={"dagster/partition": "2012-03-09", "clickstream/topic": topic},
+            status=DagsterRunStatus.STARTED,
+        )
+    out, err = tmp_path / "demo.out", tmp_path / "demo.err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO_ROOT / "scripts" / "demo.py")],
+            cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, start_new_session=True,
+        )
+    try:
+        wait_for(lambda: f"  waiting for run {busy.run_id[:8]}" in out.read_text(), timeout_s=120,
+                 what="the demo to say what it waits for", details=lambda: out.read_text() + err.read_text())
+        assert "Preparing" not in out.read_text()
+        with DagsterInstance.from_config(str(home)) as instance:  # the other replay ends
+            instance.report_run_canceled(instance.get_run_by_id(busy.run_id))
+        code = proc.wait(timeout=DEMO_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    output = out.read_text()
+    assert code == 0, output + err.read_text()
+    assert output.startswith(
+        f"{topic} is busy: run {busy.run_id[:8]} (replay_clickstream, 2012-03-09, STARTED, launched by "
+        "the launchpad or a backfill)."
+    ), output
+    assert f"  {topic} is free.\nPreparing" in output
+    assert "Replaying 2012-03-01 into " + topic in output and "Done." in output
