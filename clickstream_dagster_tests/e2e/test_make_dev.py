@@ -1,17 +1,20 @@
-"""`make dev` with a non-default KAFKA_PORT and DAGSTER_PORT: the UI answers on that port and the
-code location replays into the broker `make dev` started on that port.
+"""`make demo`, then `make dev`, with a non-default KAFKA_PORT and DAGSTER_PORT: the UI answers on
+that port, the days the demo prepared are not prepared again, and the code location replays into
+the broker on that port.
 
-The module's ``dagster_dev`` (overriding conftest's) runs the Makefile's target itself, in its own
-process group, with a temporary DAGSTER_HOME and broker state dir; the broker (its own session)
-is stopped afterwards with scripts/local_kafka.py.
+The module's ``dagster_dev`` (overriding conftest's) runs scripts/demo.py (which starts the broker)
+and then the Makefile's target itself, in its own process group, with a temporary DAGSTER_HOME and
+broker state dir; the broker (its own session) is stopped afterwards with scripts/local_kafka.py.
 """
 
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 
+import polars as pl
 import pytest
 
 from clickstream_dagster.generator import write_log
@@ -21,11 +24,13 @@ from clickstream_dagster_tests.e2e.conftest import (
     PROJECT_DAGSTER_YAML,
     REPO_ROOT,
     RESERVED_PORTS,
+    RUN_TIMEOUT_S,
     DagsterDev,
     DagsterGraphQL,
     _reset_signals,
     _stop_or_raise,
     read_topic,
+    wait_for,
     wait_until_ready,
 )
 from clickstream_dagster_tests.kafka_fixtures import _classpath_cache_dir
@@ -43,7 +48,9 @@ def dagster_dev(local_kafka, tmp_path_factory) -> Iterator[DagsterDev]:
     summary = write_log(csv_path, rows=LOG_ROWS, seed=LOG_SEED).as_dict()
     kafka_port = local_kafka.free_port(exclude=RESERVED_PORTS)
     dagster_port = local_kafka.free_port(exclude=(*RESERVED_PORTS, kafka_port))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "DAGSTER_", "REPLAY_"))}
+    # Nothing from the developer's shell or an outer `make test` (MAKEFLAGS carries its variables).
+    skipped = ("KAFKA_", "DAGSTER_", "REPLAY_", "DEMO_", "MAKE", "MFLAGS")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(skipped)}
     env.update(
         DAGSTER_HOME=str(home),
         CLICKSTREAM_CSV=str(csv_path),
@@ -51,6 +58,15 @@ def dagster_dev(local_kafka, tmp_path_factory) -> Iterator[DagsterDev]:
         KAFKA_CLASSPATH_CACHE_DIR=str(_classpath_cache_dir()),  # no Maven call: the jars are resolved
         PYTHONUNBUFFERED="1",
     )
+    demo = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "demo.py")],
+        cwd=REPO_ROOT, env={**env, "KAFKA_PORT": str(kafka_port), "KAFKA_STATE_DIR": str(state_dir)},
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600, check=False,
+    )
+    if demo.returncode != 0:
+        local_kafka.stop_broker(state_dir)
+        pytest.fail(f"the demo failed first:\n{demo.stdout}\n{demo.stderr}", pytrace=False)
+    assert f"Done. `KAFKA_PORT={kafka_port} make dev` opens the Dagster UI" in demo.stdout, demo.stdout
     log_path = root / "make-dev.log"
     command = ["make", "--no-print-directory", "dev",
                f"KAFKA_PORT={kafka_port}", f"DAGSTER_PORT={dagster_port}", f"KAFKA_STATE_DIR={state_dir}"]
@@ -76,7 +92,17 @@ def test_the_ui_is_on_dagster_port_and_says_so(dagster_dev):
     assert f"Dagster UI: http://127.0.0.1:{dagster_dev.port}" in dagster_dev.log_path.read_text()
 
 
-def test_replays_go_to_the_broker_make_dev_started(dagster_dev, gql, prepared_days):
+def test_the_days_the_demo_prepared_are_not_prepared_again(dagster_dev, gql):
+    def first_tick():
+        ticks = (gql.sensor_ticks()["sensorState"] or {}).get("ticks") or []
+        return ticks[-1] if ticks else None  # the oldest of the last few: the first evaluation
+
+    tick = wait_for(first_tick, timeout_s=RUN_TIMEOUT_S, what="the log sensor's first tick", details=gql.details)
+    assert tick["status"] == "SKIPPED" and "already prepared from clickstream.csv" in tick["skipReason"], tick
+    assert not gql.runs(job_name="prepare_clickstream", tags={"dagster/sensor_name": "clickstream_log_changed"})
+
+
+def test_replays_go_to_the_broker_make_dev_started(dagster_dev, gql):
     topic, day, limit = f"e2e-make-dev-{uuid.uuid4().hex[:8]}", "2012-03-02", 20
     run_id = gql.submit_replay(day, {"topic": topic, "pacing": "max", "limit": limit})
     run = gql.wait_for_run(run_id)
@@ -84,4 +110,5 @@ def test_replays_go_to_the_broker_make_dev_started(dagster_dev, gql, prepared_da
     [materialization] = [m for m in gql.materializations(run_id) if m["asset"] == "click_data"]
     assert materialization["metadata"]["bootstrap_servers"] == dagster_dev.bootstrap_servers
     # And they are there, on that port.
-    assert len(read_topic(dagster_dev.bootstrap_servers, topic)) == min(limit, prepared_days[day])
+    rows = pl.scan_parquet(dagster_dev.storage_dir / "clickstream_events" / f"{day}.parquet").select(pl.len())
+    assert len(read_topic(dagster_dev.bootstrap_servers, topic)) == min(limit, rows.collect().item())
