@@ -115,28 +115,32 @@ def wait_for_topic(instance, topic: str) -> None:
     if not busy:
         return
     names = "; ".join(describe(run) for run in busy)
-    stalled = (
-        ""
-        if daemon_is_running(instance)
-        else (
-            " The Dagster daemon is not running (`make dev` stopped?), so these runs will not move until it is."
+    notes = ""
+    if not daemon_is_running(instance):
+        notes += (
+            " The Dagster daemon is not running (`make dev` stopped?): these runs will not move until it is."
         )
-    )
+    if any(run.tags.get("dagster/sensor_name") == "replay_feed" for run in busy):
+        notes += " The live feed queues its next day as each one ends: switch replay_feed off first."
     if not WAIT:
         raise DemoError(
-            f"{topic} is busy: {names}.{stalled} Either wait for it (DEMO_WAIT=1 make demo waits, showing "
-            f"its progress), terminate it in the UI ({UI}/runs/{busy[0].run_id}, or switch replay_feed "
-            f"off), or replay into another topic (DEMO_TOPIC=demo make demo)."
+            f"{topic} is busy: {names}.{notes} Either wait for it (DEMO_WAIT=1 make demo waits, showing "
+            f"its progress), terminate it in the UI ({UI}/runs/{busy[-1].run_id}), or replay into another "
+            "topic (DEMO_TOPIC=demo make demo)."
         )
-    print(f"{topic} is busy: {names}.{stalled} Waiting for it (Ctrl-C to stop) ...", flush=True)
+    print(f"{topic} is busy: {names}.{notes} Waiting for it (Ctrl-C to stop) ...", flush=True)
     cursors: dict[str, str | None] = {}
+    latest: dict[str, str] = {}
     last_report = 0.0
     while busy := replays_in_progress(instance, topic):
         run = busy[-1]  # the oldest: the one playing or first in the queue
         line, cursors[run.run_id] = latest_progress(instance, run.run_id, cursors.get(run.run_id))
+        if line:
+            latest[run.run_id] = line
         if time.monotonic() - last_report >= WAIT_REPORT_S:
             ahead = f", {len(busy) - 1} more queued" if len(busy) > 1 else ""
-            print(f"  waiting for {describe(run)}{ahead}" + (f": {line}" if line else ""), flush=True)
+            shown = f": {latest[run.run_id]}" if run.run_id in latest else ""
+            print(f"  waiting for {describe(run)}{ahead}{shown}", flush=True)
             last_report = time.monotonic()
         time.sleep(1.0)
     print(f"  {topic} is free.", flush=True)
