@@ -25,6 +25,10 @@ class FeedRun:
     day: str | None
     status: str
     ended_at: float | None = None  # epoch seconds, once finished
+    # A re-execution of an earlier run (Dagster's run retries after a crash, or from the UI):
+    # it replays that run's day again and does not move the feed on.
+    reexecutes: str | None = None
+    will_retry: bool = False  # failed, and Dagster will re-execute it
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ def next_step(runs: Sequence[FeedRun], days: Sequence[str], *, queue_ahead: bool
     if waiting:
         run = waiting[0]
         return FeedStep(None, f"{run.day} is queued next (run {run.run_id[:8]})")
-    newest = runs[0] if runs else None
+    newest = next((run for run in runs if run.reexecutes is None), None)  # the feed's last request
     day = day_after(newest.day if newest else None, days)
     failures = failures_in_row(runs)
     in_progress = [run for run in runs if run.status not in FINISHED]
@@ -109,8 +113,9 @@ def newly_finished(runs: Sequence[FeedRun], reported: str | None) -> list[FeedRu
 
 def failure_note(run: FeedRun, days: Sequence[str]) -> str:
     """What the feed says when a day did not complete: it goes on with the next one."""
+    retried = "; Dagster re-executes it" if run.will_retry else ""
     return (
-        f"{run.day} (run {run.run_id[:8]}) ended {run.status}; the feed goes on with "
+        f"{run.day} (run {run.run_id[:8]}) ended {run.status}{retried}; the feed goes on with "
         f"{day_after(run.day, days)}"
     )
 

@@ -24,6 +24,9 @@ from dagster import (
 # under: an observation tagged with the log's sha256 is the version every prepare run reads.
 from dagster._core.definitions.data_version import DATA_VERSION_TAG, get_input_data_version_tag
 
+# Private too: the tag Dagster's run retries put on a failed run it will re-execute.
+from dagster._core.storage.tags import WILL_RETRY_TAG
+
 from clickstream_dagster.assets.replay import DAY_TAG, DEFAULT_TOPIC, PACING_TAG, TOPIC_TAG, ReplayConfig
 from clickstream_dagster.feed import (
     FAILED,
@@ -178,6 +181,8 @@ def replay_feed(context: SensorEvaluationContext):
             r.dagster_run.tags.get("dagster/partition"),
             r.dagster_run.status.value,
             r.end_time,
+            reexecutes=r.dagster_run.parent_run_id,
+            will_retry=r.dagster_run.tags.get(WILL_RETRY_TAG) == "true",
         )
         for r in records
     ]

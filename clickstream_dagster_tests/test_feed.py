@@ -230,3 +230,27 @@ def test_runs_not_launched_by_the_feed_do_not_move_it(queued_instance):
     )
     [request] = evaluate(queued_instance).run_requests
     assert request.partition_key == "2012-03-01"
+
+
+def test_a_reexecuted_day_does_not_move_the_feed_on():
+    """A crashed day retried by Dagster (queued behind the day after it) replays that day again;
+    the feed still goes on from the last day it asked for, not from the retried one."""
+    crashed = FeedRun("run0001-feed", "2012-03-04", "FAILURE", 10, will_retry=True)
+    retry = FeedRun("run0003-feed", "2012-03-04", "STARTED", reexecutes="run0001-feed")
+    runs = [retry, run(2, "2012-03-05", "SUCCESS", 20), crashed]
+    step = next_step(runs, DAYS, queue_ahead=True, now=30)
+    assert (step.day, step.after) == ("2012-03-06", "run0002-feed")
+    assert failure_note(crashed, DAYS) == (
+        "2012-03-04 (run run0001-) ended FAILURE; Dagster re-executes it; the feed goes on with 2012-03-05"
+    )
+
+
+def test_a_retry_of_a_feed_run_on_the_instance_is_seen_as_a_reexecution(queued_instance):
+    first = feed_run(queued_instance, "2012-03-04", DagsterRunStatus.FAILURE)
+    job = defs.resolve_job_def("replay_clickstream")
+    tags = {"dagster/partition": "2012-03-04", "dagster/sensor_name": REPLAY_FEED}
+    queued_instance.create_run_for_job(
+        job, tags=tags, status=DagsterRunStatus.SUCCESS, parent_run_id=first, root_run_id=first
+    )
+    [request] = evaluate(queued_instance).run_requests
+    assert (request.partition_key, request.run_key) == ("2012-03-05", f"replay_feed:{first}:2012-03-05")
