@@ -5,10 +5,21 @@ No Dagster here: ``resources/kafka.py`` builds ``KafkaSettings`` from typed conf
 
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import dataclass, field
 
-from kafka import KafkaAdminClient, KafkaProducer
-from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import (
+    InvalidProducerEpochError,
+    KafkaError,
+    KafkaTimeoutError,
+    ProducerFencedError,
+    TopicAlreadyExistsError,
+)
+
+from clickstream_dagster.checkpoints import Checkpoint
+from clickstream_dagster.replay import CommitInDoubt, DeliveryError, ProducerFenced
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -88,7 +99,15 @@ class KafkaSettings:
         )
 
 
-def ensure_topic(settings: KafkaSettings, topic: str, *, partitions: int, replication_factor: int, create: bool) -> bool:
+def ensure_topic(
+    settings: KafkaSettings,
+    topic: str,
+    *,
+    partitions: int,
+    replication_factor: int,
+    create: bool,
+    topic_configs: dict[str, str] | None = None,
+) -> bool:
     """Make sure ``topic`` exists; returns True if it was created now.
 
     With ``create=False`` a missing topic is an error, for clusters where the
@@ -107,7 +126,13 @@ def ensure_topic(settings: KafkaSettings, topic: str, *, partitions: int, replic
             )
         try:
             admin.create_topics(
-                {topic: {"num_partitions": partitions, "replication_factor": replication_factor}},
+                {
+                    topic: {
+                        "num_partitions": partitions,
+                        "replication_factor": replication_factor,
+                        "configs": topic_configs or {},
+                    }
+                },
                 timeout_ms=int(settings.connect_timeout_s * 1000),
                 wait_for_metadata=True,
             )
@@ -121,37 +146,153 @@ def ensure_topic(settings: KafkaSettings, topic: str, *, partitions: int, replic
 
 
 class KafkaPublisher:
-    """A ``Publisher`` for one topic: idempotent, acks=all, a header set on every message."""
+    """A ``Publisher`` for one topic: idempotent, acks=all, a header set on every message.
 
-    def __init__(self, settings: KafkaSettings, topic: str, headers: list[tuple[str, bytes]], **producer_options):
+    With a ``transactional_id`` (exactly_once) every message is sent inside a transaction that
+    also writes the replay's checkpoint, and creating the publisher fences every earlier
+    producer with that id: a zombie of an earlier attempt can no longer write.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topic: str,
+        headers: list[tuple[str, bytes]],
+        *,
+        checkpoint_topic: str,
+        transactional_id: str | None = None,
+        delivery_timeout_s: float = 30.0,
+        **producer_options,
+    ):
         self.settings, self.topic, self.headers = settings, topic, headers
+        self.checkpoint_topic = checkpoint_topic
+        self.transactional = transactional_id is not None
+        timeout_ms = int(delivery_timeout_s * 1000)
+        request_timeout_ms = max(min(int(settings.connect_timeout_s * 1000), timeout_ms // 2), 1000)
         options = {
             "acks": "all",
             "enable_idempotence": True,
-            # Bounded: a broker that vanishes mid-replay fails the run instead of blocking it.
-            "max_block_ms": int(settings.connect_timeout_s * 1000),
-            "delivery_timeout_ms": max(int(settings.connect_timeout_s * 1000) * 2, 5000),
+            "transactional_id": transactional_id,
+            # Bounded: a broker that stops answering fails the replay instead of blocking it.
+            "max_block_ms": timeout_ms,
+            "delivery_timeout_ms": timeout_ms,
             "linger_ms": 5,
+            # The coordinator answers CONCURRENT_TRANSACTIONS until the previous markers are
+            # written; the default 100 ms backoff makes every commit take ~110 ms, 5 ms ~9 ms.
+            "retry_backoff_ms": 5,
         } | producer_options
+        client_config = settings.client_config() | {"request_timeout_ms": request_timeout_ms}
         try:
-            self.producer = KafkaProducer(**settings.client_config(), **options)
-            # Fetch the topic's metadata now, so the first send does not block on it and
+            self.producer = KafkaProducer(**client_config, **options)
+            # Fetch the topics' metadata now, so the first send does not block on it and
             # start the replay's schedule late.
             self.producer.partitions_for(topic)
+            self.producer.partitions_for(checkpoint_topic)
+            if self.transactional:
+                self.producer.init_transactions()
+                self.producer.begin_transaction()
         except (KafkaError, OSError) as error:
-            raise settings.unavailable("connecting the producer", error) from error
+            if hasattr(self, "producer"):
+                self.producer.close(timeout=0)
+            raise settings.unavailable("starting the producer", error) from error
 
     def send(self, key: bytes, value: bytes, timestamp_ms: int | None):
         try:
             return self.producer.send(self.topic, value=value, key=key, headers=self.headers, timestamp_ms=timestamp_ms)
-        except KafkaTimeoutError as error:
-            raise self.settings.unavailable(f"sending to {self.topic!r}", error) from error
+        except KafkaError as error:
+            raise self._delivery_error(f"sending to {self.topic!r}", error) from error
+
+    def commit(self, checkpoint_key: bytes, checkpoint_value: bytes, timeout_s: float) -> None:
+        try:
+            self.producer.send(self.checkpoint_topic, key=checkpoint_key, value=checkpoint_value)
+            if not self.transactional:
+                return
+            # KafkaProducer.commit_transaction() waits without a bound; its own result object
+            # (the same call, minus the unbounded wait) is bounded here.
+            result = self.producer._transaction_manager.begin_commit()
+            self.producer._sender.wakeup()
+            if not result.wait(timeout_ms=int(timeout_s * 1000)):
+                raise CommitInDoubt(
+                    f"Kafka at {self.settings.bootstrap_servers} did not confirm a commit to {self.topic!r} "
+                    f"within {timeout_s:g} s (delivery_timeout_s)"
+                )
+            self.producer.begin_transaction()
+        except KafkaError as error:
+            raise self._delivery_error(f"committing to {self.topic!r}", error) from error
 
     def flush(self, timeout_s: float) -> None:
         try:
             self.producer.flush(timeout=timeout_s)
-        except KafkaTimeoutError as error:
-            raise self.settings.unavailable(f"flushing to {self.topic!r}", error) from error
+        except KafkaError as error:
+            raise self._delivery_error(f"flushing to {self.topic!r}", error) from error
+
+    def abort(self, timeout_s: float) -> None:
+        """Drop the open transaction (bounded), and begin the next one."""
+        if not self.transactional:
+            return
+        try:
+            result = self.producer._transaction_manager.begin_abort()
+            self.producer._sender.wakeup()
+            if not result.wait(timeout_ms=int(timeout_s * 1000)):
+                raise DeliveryError(f"Kafka at {self.settings.bootstrap_servers} did not confirm an abort within {timeout_s:g} s")
+            self.producer.begin_transaction()
+        except KafkaError as error:
+            raise self._delivery_error(f"aborting a transaction on {self.topic!r}", error) from error
 
     def close(self, timeout_s: float = 5.0) -> None:
-        self.producer.close(timeout=timeout_s)
+        """Best effort and bounded: never raises, so it never hides the error that led here."""
+        try:
+            self.producer.close(timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - closing must not mask the replay's own outcome
+            pass
+
+    def _delivery_error(self, doing: str, error: KafkaError) -> DeliveryError:
+        if isinstance(error, ProducerFencedError | InvalidProducerEpochError):
+            return ProducerFenced(
+                f"{doing}: fenced by a newer producer with transactional id "
+                f"{self.producer.config['transactional_id']!r} (another attempt of this replay took over)"
+            )
+        if isinstance(error, KafkaTimeoutError):
+            return DeliveryError(f"Kafka at {self.settings.bootstrap_servers}: {doing} timed out: {error}")
+        return DeliveryError(f"Kafka at {self.settings.bootstrap_servers}: {doing} failed: {type(error).__name__}: {error}")
+
+
+def read_checkpoints(settings: KafkaSettings, checkpoint_topic: str) -> list[Checkpoint]:
+    """Every replay checkpoint committed so far (the latest per key last), read_committed.
+
+    Reads the small compacted checkpoint topic from the start to its end offsets, with no
+    consumer group (nothing to authorize beyond READ on the topic)."""
+    try:
+        consumer = KafkaConsumer(
+            **settings.client_config(), isolation_level="read_committed", enable_auto_commit=False, group_id=None
+        )
+    except (KafkaError, OSError) as error:
+        raise settings.unavailable("connecting a consumer", error) from error
+    try:
+        partitions = [TopicPartition(checkpoint_topic, p) for p in consumer.partitions_for_topic(checkpoint_topic) or []]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        # read_committed end offsets: the last stable offset, which an open transaction holds back.
+        end = consumer.end_offsets(partitions)
+        latest: dict[bytes, Checkpoint] = {}
+        deadline = time.monotonic() + settings.connect_timeout_s
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(
+                    f"Kafka at {settings.bootstrap_servers}: reading {checkpoint_topic!r} did not reach its end "
+                    f"within {settings.connect_timeout_s:g} s"
+                )
+            for records in consumer.poll(timeout_ms=200).values():
+                for record in records:
+                    if record.value is None:
+                        latest.pop(record.key, None)  # a tombstone: forgotten
+                        continue
+                    with contextlib.suppress(ValueError, TypeError, KeyError):
+                        latest[record.key] = Checkpoint.from_bytes(record.value)
+        return list(latest.values())
+    except KafkaError as error:
+        raise settings.unavailable(f"reading {checkpoint_topic!r}", error) from error
+    finally:
+        consumer.close()

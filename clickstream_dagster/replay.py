@@ -1,8 +1,13 @@
-"""The replay loop: send encoded messages on schedule, and account for every delivery.
+"""The replay loop: send encoded messages on schedule, commit checkpoints, account for delivery.
 
 Pure Python: the broker sits behind the small ``Publisher`` protocol (kafka-python in
 ``kafka_client``, an in-memory one in unit tests) and the clock is injected, so timing
-logic is testable without sleeping. Nothing counts as sent until the broker acks it.
+logic is testable without sleeping.
+
+Nothing counts as delivered until a read_committed consumer can read it: with a
+transactional publisher (exactly_once) that is when the transaction holding it commits,
+otherwise (at_least_once) when the broker acknowledges it. Each commit carries a checkpoint,
+the next row of the day to send, so a crashed replay resumes exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
+from clickstream_dagster.checkpoints import ReplayStatus
 from clickstream_dagster.encoding import EncodedMessages
 
 
@@ -33,27 +39,66 @@ class Delivery(Protocol):
     @property
     def value(self): ...  # RecordMetadata-like: .partition, .offset
 
+    def add_callback(self, fn: Callable, *args) -> object: ...  # fn(*args, metadata) on success
+
 
 class Publisher(Protocol):
+    """One replay's producer for its topic (and the checkpoint topic)."""
+
+    transactional: bool  # exactly_once: messages become readable when a commit succeeds
+
     def send(self, key: bytes, value: bytes, timestamp_ms: int | None) -> Delivery: ...
+
+    def commit(self, checkpoint_key: bytes, checkpoint_value: bytes, timeout_s: float) -> None:
+        """Transactional: the checkpoint joins the open transaction, which commits within
+        ``timeout_s`` (else raises); the next one begins. Otherwise: the checkpoint is sent."""
 
     def flush(self, timeout_s: float) -> None: ...
 
+    def abort(self, timeout_s: float) -> None: ...
+
+    def close(self, timeout_s: float) -> None: ...
+
 
 class DeliveryError(RuntimeError):
-    """The broker refused or never acknowledged a message."""
+    """The broker refused, or did not acknowledge in time, a message or a commit."""
+
+
+class ProducerFenced(DeliveryError):
+    """A newer producer with this replay's transactional id started: this one may write no more."""
+
+
+class CommitInDoubt(DeliveryError):
+    """The broker did not confirm a commit in time: it may still complete, or be aborted."""
+
+
+class ReplayStopped(RuntimeError):
+    """The replay was told to stop (its launching process died, say) and stopped cleanly."""
+
+
+# (next row, status) -> the checkpoint record's key and value, written with each commit.
+CheckpointWriter = Callable[[int, ReplayStatus], tuple[bytes, bytes]]
 
 
 @dataclass
 class ReplayProgress:
-    """How far a replay got; updated in place so it survives an interrupted run."""
+    """How far a replay got; updated in place so it survives an interrupted run.
 
-    total: int
+    Counts are of this attempt; rows are the day's row numbers (``start_row`` onwards)."""
+
+    total: int  # rows in the replay, from row 0
+    start_row: int = 0
     sent: int = 0  # handed to the client
     acked: int = 0  # acknowledged by the broker
+    delivered: int = 0  # readable by a read_committed consumer (committed / acknowledged)
+    in_doubt: int = 0  # in a commit whose outcome the broker never confirmed
     acked_bytes: int = 0
+    commits: int = 0
     elapsed_s: float = 0.0
-    lateness_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    paced: bool = True
+    lateness_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # hand-off - scheduled
+    latency_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # delivered - scheduled
+    commit_s: list[float] = field(default_factory=list)  # how long each commit took
     # Kafka partition -> [first offset, last offset] written
     offsets: dict[int, list[int]] = field(default_factory=dict)
     # The first messages exactly as sent (key, value), for the run's preview.
@@ -62,19 +107,34 @@ class ReplayProgress:
 
     @property
     def rate(self) -> float:
-        return self.acked / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        """Delivered messages per second."""
+        return self.delivered / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
-    def lateness_ms(self) -> dict[str, float]:
-        """p50/p99/max of (actual - scheduled send time), and the final drift, in ms."""
-        late = self.lateness_s[: self.sent] * 1000.0
-        if late.size == 0:
-            return {}
-        return {
-            "lateness_p50_ms": float(np.percentile(late, 50)),
-            "lateness_p99_ms": float(np.percentile(late, 99)),
-            "lateness_max_ms": float(late.max()),
-            "final_drift_ms": float(late[-1]),
-        }
+    @property
+    def next_row(self) -> int:
+        """The first row not yet delivered."""
+        return self.start_row + self.delivered
+
+    def figures_ms(self) -> dict[str, float]:
+        """Lateness at hand-off and delivery latency (p50/p99/max), final drift, commit
+        latency. Timing figures only for paced replays: at max pacing nothing is scheduled."""
+        figures: dict[str, float] = {}
+        if self.commit_s:
+            commits = np.asarray(self.commit_s) * 1000.0
+            figures |= {"commit_p50_ms": float(np.percentile(commits, 50)), "commit_p99_ms": float(np.percentile(commits, 99))}
+        if not self.paced:
+            return figures
+        for name, values in (("lateness", self.lateness_s[: self.sent]), ("delivery_latency", self.latency_s[: self.delivered])):
+            if values.size:
+                ms = values * 1000.0
+                figures |= {
+                    f"{name}_p50_ms": float(np.percentile(ms, 50)),
+                    f"{name}_p99_ms": float(np.percentile(ms, 99)),
+                    f"{name}_max_ms": float(ms.max()),
+                }
+        if self.sent:
+            figures["final_drift_ms"] = float(self.lateness_s[self.sent - 1] * 1000.0)
+        return figures
 
 
 @dataclass(frozen=True)
@@ -84,8 +144,16 @@ class ReplayTiming:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     wall_clock_ns: Callable[[], int] = time.time_ns
-    progress_every_s: float = 5.0
-    flush_timeout_s: float = 30.0
+    # A progress line at most this often; 10% milestones add one, but not within a sixth of it.
+    progress_every_s: float = 60.0
+    # A commit at least this often while messages flow (max pacing, or waits too short to
+    # hold a commit), and a heartbeat commit at least this often during long waits.
+    commit_every_s: float = 0.1
+    heartbeat_s: float = 5.0
+    # A message or commit the broker has not confirmed this long after it was due fails the replay.
+    delivery_timeout_s: float = 30.0
+    # Aborting and closing after a failure never take longer than this.
+    close_timeout_s: float = 5.0
 
 
 def run_replay(
@@ -93,31 +161,44 @@ def run_replay(
     offsets_s: np.ndarray,
     publisher: Publisher,
     *,
+    start_row: int = 0,
+    checkpoint: CheckpointWriter | None = None,
     record_timestamps_ms: list[int] | None = None,
     progress: ReplayProgress | None = None,
     on_progress: Callable[[ReplayProgress], None] = lambda p: None,
+    should_stop: Callable[[], str | None] = lambda: None,
+    paced: bool = True,
     timing: ReplayTiming = ReplayTiming(),
 ) -> ReplayProgress:
-    """Send ``messages[i]`` at ``start + offsets_s[i]``, then flush and check every delivery.
+    """Send rows ``start_row..`` of ``messages``, row ``i`` at ``offsets_s[i] - offsets_s[start_row]``
+    after the start, committing checkpoints along the way; then commit the last one as finished.
 
     ``record_timestamps_ms`` sets each Kafka record's timestamp (None: the send time).
-    Pass a ``progress`` to keep it if the loop is interrupted (e.g. a run is cancelled):
-    on any exception the loop still flushes, within the bounded timeout, and counts what
-    the broker acknowledged before re-raising.
+    ``should_stop`` is asked at every commit; a reason stops the replay with ``ReplayStopped``.
+    Pass a ``progress`` to keep it if the loop is interrupted (a run is cancelled): on any
+    exception the open transaction is aborted (or, without one, the sends flushed), within
+    ``close_timeout_s``, and ``progress`` says what a read_committed consumer will find.
     """
     total = len(messages)
+    count = max(total - start_row, 0)
     progress = progress or ReplayProgress(total=total)
-    progress.total = total
-    progress.lateness_s = np.zeros(total, dtype=np.float64)
-    pending: deque[tuple[Delivery, int]] = deque()
+    progress.total, progress.start_row, progress.paced = total, start_row, paced
+    progress.lateness_s = lateness = np.zeros(count, dtype=np.float64)
+    progress.latency_s = latency = np.zeros(count, dtype=np.float64)
     clock, sleep, now_ns = timing.clock, timing.sleep, timing.wall_clock_ns
-    tenth = max(total // 10, 1)
-    next_tenth, next_report = tenth, timing.progress_every_s
-    lateness = progress.lateness_s
-    due_s = offsets_s.tolist()  # plain floats: NumPy scalar arithmetic is slow in the hot loop
+    transactional = publisher.transactional
+    # plain floats: NumPy scalar arithmetic is slow in the hot loop
+    due_s = (np.asarray(offsets_s[start_row:], dtype=np.float64) - (offsets_s[start_row] if count else 0.0)).tolist()
+    pending: deque[tuple[Delivery, int, int]] = deque()  # (delivery, size, index in this attempt)
+    acked_at = np.zeros(count, dtype=np.float64)  # filled by delivery callbacks (paced only)
     start = clock()
+    last_commit = start
+    checkpointed = [0]  # rows covered by the last checkpoint written
+    commit_estimate_s = 0.02  # refined by every commit: a wait shorter than this is not spent committing
+    tenth = max(count // 10, 1)
+    next_tenth, last_report = tenth, start
 
-    def record(delivery: Delivery, size: int) -> None:
+    def record_ack(delivery: Delivery, size: int, j: int) -> None:
         meta = delivery.value
         span = progress.offsets.get(meta.partition)
         if span is None:
@@ -126,68 +207,174 @@ def run_replay(
             span[0], span[1] = min(span[0], meta.offset), max(span[1], meta.offset)
         progress.acked += 1
         progress.acked_bytes += size
+        if not transactional:
+            # Acknowledged in order per partition: the acked prefix in send order is delivered.
+            if paced:
+                latency[j] = (acked_at[j] or clock()) - start - due_s[j]
+            progress.delivered = j + 1
 
     def settle(block: bool) -> None:
         # Deliveries complete in order per partition; in the loop, looking at the head is enough.
         while pending and (block or pending[0][0].is_done):
-            delivery, size = pending[0]
+            delivery, size, j = pending[0]
             if not delivery.is_done:
-                raise DeliveryError(f"{len(pending)} message(s) not acknowledged by the broker after flush")
+                raise DeliveryError(f"{len(pending)} message(s) not acknowledged by the broker")
             pending.popleft()
             if delivery.failed():
                 raise DeliveryError(f"the broker rejected a message: {delivery.exception!r}") from delivery.exception
-            record(delivery, size)
+            record_ack(delivery, size, j)
+        if pending and clock() - start - due_s[pending[0][2]] > timing.delivery_timeout_s + lateness[pending[0][2]]:
+            raise DeliveryError(f"no acknowledgement from the broker for {timing.delivery_timeout_s:g} s")
+
+    def commit(status: ReplayStatus) -> None:
+        nonlocal last_commit, commit_estimate_s
+        reason = should_stop()
+        if reason:
+            raise ReplayStopped(reason)
+        if checkpoint is None:  # nothing to record (unit tests, benchmarks): only the stop check
+            last_commit = clock()
+            return
+        rows = progress.sent
+        if not transactional:
+            settle(block=False)
+        checkpointed[0] = rows if transactional else progress.delivered
+        key, value = checkpoint(start_row + checkpointed[0], status)
+        began = clock()
+        try:
+            publisher.commit(key, value, timing.delivery_timeout_s)
+        except CommitInDoubt:
+            progress.in_doubt = rows - progress.delivered if transactional else 0
+            raise
+        done = clock()
+        progress.commits += 1
+        progress.commit_s.append(done - began)
+        commit_estimate_s = max(0.8 * commit_estimate_s + 0.2 * (done - began), 0.001)
+        last_commit = done
+        if done - began > 1.0:
+            progress.elapsed_s = done - start
+            on_progress(progress)  # a stalled broker shows in the delivery lag as soon as it answers
+        if transactional:
+            # A commit flushes first: every send so far is acknowledged and now readable.
+            settle(block=True)
+            if paced:
+                latency[progress.delivered : rows] = done - start - np.asarray(due_s[progress.delivered : rows])
+            progress.delivered, progress.in_doubt = rows, 0
+
+    def commit_due(now: float, waiting: bool) -> bool:
+        since = now - last_commit
+        if transactional:
+            # Before a wait, make what was sent readable at once; while sending, every commit_every_s.
+            # the oldest message not yet readable (a commit covers rows delivered..sent)
+            if progress.sent > progress.delivered:
+                oldest_s = now - (start + due_s[progress.delivered] + lateness[progress.delivered])
+                if waiting or oldest_s >= timing.commit_every_s:
+                    return True
+            return since >= timing.heartbeat_s
+        settle(block=False)
+        advanced = progress.delivered > checkpointed[0]
+        return (advanced and since >= timing.commit_every_s) or since >= timing.heartbeat_s
+
+    def wait_until(due: float) -> float:
+        """Sleep until ``due``; commit first if the wait can hold a commit, beat during long waits."""
+        now = clock()
+        while now < due:
+            if due - now > commit_estimate_s * 1.5 and commit_due(now, waiting=True):
+                commit(ReplayStatus.RUNNING)
+                now = clock()
+                continue
+            sleep(min(due - now, timing.heartbeat_s))
+            now = clock()
+        return now
 
     try:
-        for i in range(total):
-            due = start + due_s[i]
-            now = clock()
-            if now < due:
-                sleep(due - now)
-                now = clock()
-            lateness[i] = now - due
+        for j in range(count):
+            i = start_row + j
+            due = start + due_s[j]
+            now = wait_until(due) if paced else clock()
+            lateness[j] = now - due
             value = messages.value(i, now_ns())
             record_ts = record_timestamps_ms[i] if record_timestamps_ms is not None else None
-            pending.append((publisher.send(messages.keys[i], value, record_ts), len(value)))
-            if i < progress.keep_first:
+            delivery = publisher.send(messages.keys[i], value, record_ts)
+            if paced and not transactional:
+                delivery.add_callback(_stamp, acked_at, j, clock)
+            pending.append((delivery, len(value), j))
+            if j < progress.keep_first:
                 progress.first_messages.append((messages.keys[i], value))
-            progress.sent = i + 1
+            progress.sent = j + 1
             settle(block=False)
-            if progress.sent >= next_tenth or now - start >= next_report:
-                progress.elapsed_s = now - start
-                on_progress(progress)
+            if commit_due(now, waiting=False):
+                commit(ReplayStatus.RUNNING)
+            if progress.sent >= next_tenth or now - last_report >= timing.progress_every_s:
+                if now - last_report >= timing.progress_every_s / 6 or progress.sent == count:
+                    progress.elapsed_s = now - start
+                    on_progress(progress)
+                    last_report = now
                 while next_tenth <= progress.sent:
                     next_tenth += tenth
-                next_report = (now - start) + timing.progress_every_s
-        publisher.flush(timing.flush_timeout_s)
-        settle(block=True)
-    except BaseException:
-        # Cancelled, or a delivery failed: still deliver what was handed over (bounded),
-        # and count what the broker acknowledged, so the report tells how far it got.
+        if not transactional:
+            publisher.flush(timing.delivery_timeout_s)
+            settle(block=True)
+        commit(ReplayStatus.FINISHED)
+        if not transactional:
+            publisher.flush(timing.delivery_timeout_s)  # the finished checkpoint itself
+    except BaseException as error:
+        # Cancelled, stopped or failed: what was committed stays; an open transaction is
+        # aborted, so the report equals what a read_committed consumer finds.
+        clean = False  # whether the producer can still write: only then is the stop recorded
         with contextlib.suppress(Exception):
-            publisher.flush(timing.flush_timeout_s)
-        for delivery, size in pending:
-            if delivery.is_done and not delivery.failed():
-                record(delivery, size)
-        pending.clear()
+            if transactional:
+                if progress.in_doubt == 0 and not isinstance(error, ProducerFenced):
+                    publisher.abort(timing.close_timeout_s)
+                    clean = True
+            else:
+                publisher.flush(timing.close_timeout_s)
+                for delivery, size, j in pending:
+                    if delivery.is_done and not delivery.failed():
+                        record_ack(delivery, size, j)
+                    else:
+                        break
+                pending.clear()
+                clean = True
+        if checkpoint is not None and clean and not isinstance(error, ProducerFenced):
+            # Say the replay stopped, so it holds the topic no longer (best effort, bounded).
+            with contextlib.suppress(Exception):
+                key, value = checkpoint(progress.next_row, ReplayStatus.STOPPED)
+                publisher.commit(key, value, timing.close_timeout_s)
+                if not transactional:
+                    publisher.flush(timing.close_timeout_s)
         raise
     finally:
         progress.elapsed_s = clock() - start
     return progress
 
 
-def progress_line(progress: ReplayProgress, offsets_s: np.ndarray) -> str:
-    """One log line: sent/total, rate, ETA (from the schedule when paced), lateness."""
-    sent, total = progress.sent, progress.total
-    rate = sent / progress.elapsed_s if progress.elapsed_s > 0 else 0.0
-    if sent < total and offsets_s[-1] > 0:
-        eta_s = max(float(offsets_s[-1]) - progress.elapsed_s, 0.0)
+def _stamp(times: np.ndarray, j: int, clock: Callable[[], float], _metadata) -> None:
+    times[j] = clock()
+
+
+def progress_line(progress: ReplayProgress, offsets_s: np.ndarray, now_s: float | None = None) -> str:
+    """One log line: delivered/total, acked, rate, ETA, and the delivery lag when paced."""
+    start, total = progress.start_row, progress.total
+    delivered = progress.next_row
+    count = total - start
+    rate = progress.delivered / progress.elapsed_s if progress.elapsed_s > 0 else 0.0
+    remaining = total - delivered
+    if progress.paced and remaining and count and offsets_s[-1] > offsets_s[start]:
+        eta_s = max(float(offsets_s[-1] - offsets_s[start]) - progress.elapsed_s, 0.0)
     else:
-        eta_s = (total - sent) / rate if rate > 0 else 0.0
-    late = progress.lateness_s[:sent]
-    p99 = float(np.percentile(late, 99)) * 1000 if sent else 0.0
-    pct = 100.0 * sent / total if total else 100.0
-    return (
-        f"{sent}/{total} sent ({pct:.0f}%), {progress.acked} acked, {rate:.0f} msgs/s, "
-        f"ETA {eta_s:.0f} s, lateness p99 {p99:.1f} ms"
+        eta_s = remaining / rate if rate > 0 else 0.0
+    pct = 100.0 * delivered / total if total else 100.0
+    line = (
+        f"{delivered}/{total} delivered ({pct:.0f}%), {progress.sent} sent and {progress.acked} acked "
+        f"this attempt, {rate:.0f} msgs/s delivered, ETA {eta_s:.0f} s"
     )
+    if progress.paced and progress.sent:
+        # How far delivery trails the schedule: a stalled broker shows here while it happens.
+        j = progress.delivered
+        if j < progress.sent:
+            lag_s = progress.elapsed_s - float(offsets_s[start + j] - offsets_s[start])
+        else:
+            lag_s = float(progress.latency_s[j - 1]) if j else 0.0
+        late = np.percentile(progress.lateness_s[: progress.sent], 99) * 1000
+        line += f", delivery lag {max(lag_s, 0.0) * 1000:.0f} ms, lateness p99 {late:.1f} ms"
+    return line

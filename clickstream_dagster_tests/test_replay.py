@@ -7,7 +7,17 @@ import polars as pl
 import pytest
 
 from clickstream_dagster.encoding import encode_messages
-from clickstream_dagster.replay import DeliveryError, ReplayProgress, ReplayTiming, progress_line, run_replay
+from clickstream_dagster.checkpoints import Checkpoint, ReplayStatus
+from clickstream_dagster.replay import (
+    CommitInDoubt,
+    DeliveryError,
+    ProducerFenced,
+    ReplayProgress,
+    ReplayStopped,
+    ReplayTiming,
+    progress_line,
+    run_replay,
+)
 
 
 class FakeClock:
@@ -48,28 +58,74 @@ class FakeDelivery:
     def value(self):
         return self._meta
 
+    def add_callback(self, fn, *args):
+        if self._done and self._error is None:
+            fn(*args, self._meta)
+
 
 class MemoryPublisher:
-    """Records sends; each send costs ``send_cost_s`` of fake time; partitions round-robin."""
+    """Records sends and commits; each send costs ``send_cost_s`` and each commit ``commit_cost_s``
+    of fake time; partitions round-robin. ``transactional``: what a read_committed consumer
+    would read is ``committed`` (sends before the last successful commit)."""
 
-    def __init__(self, clock: FakeClock, send_cost_s=0.0, fail_at=None, interrupt_at=None, partitions=2):
+    def __init__(
+        self,
+        clock: FakeClock,
+        send_cost_s=0.0,
+        fail_at=None,
+        interrupt_at=None,
+        partitions=2,
+        transactional=False,
+        commit_cost_s=0.0,
+        commit_error=None,
+    ):
         self.clock, self.send_cost_s = clock, send_cost_s
         self.fail_at, self.interrupt_at, self.partitions = fail_at, interrupt_at, partitions
+        self.transactional, self.commit_cost_s, self.commit_error = transactional, commit_cost_s, commit_error
         self.sent: list[tuple[bytes, bytes, int | None, float]] = []
-        self.flushes = 0
+        self.checkpoints: list[tuple[float, dict]] = []  # (fake time, checkpoint) per commit
+        self.committed = 0  # sends a read_committed consumer sees
+        self.open = 0  # sends in the open transaction
+        self.flushes = self.aborts = 0
 
     def send(self, key, value, timestamp_ms):
         i = len(self.sent)
         if i == self.interrupt_at:
             raise KeyboardInterrupt  # stands in for Dagster's run termination (a BaseException)
         self.sent.append((key, value, timestamp_ms, self.clock.now))
+        self.open += 1
         self.clock.now += self.send_cost_s
         if i == self.fail_at:
             return FakeDelivery(error=RuntimeError("NOT_ENOUGH_REPLICAS"))
         return FakeDelivery(Meta(i % self.partitions, i // self.partitions))
 
+    def commit(self, checkpoint_key, checkpoint_value, timeout_s):
+        if self.commit_error is not None:
+            raise self.commit_error
+        self.clock.now += self.commit_cost_s
+        self.checkpoints.append((self.clock.now, Checkpoint.from_bytes(checkpoint_value)))
+        if self.transactional:
+            self.committed, self.open = self.committed + self.open, 0
+
     def flush(self, timeout_s):
         self.flushes += 1
+
+    def abort(self, timeout_s):
+        self.aborts += 1
+        self.open = 0
+
+    def close(self, timeout_s):
+        pass
+
+
+def writer(total: int):
+    """A checkpoint writer as the replay asset makes one."""
+
+    def checkpoint(next_row, status):
+        record = Checkpoint("t", "2012-03-01", "R", "R", next_row, total, status, 0)
+        return record.key, record.to_bytes()
+
+    return checkpoint
 
 
 def messages(n: int):
@@ -104,7 +160,7 @@ def test_time_spent_sending_does_not_accumulate_as_drift():
     progress = run_replay(messages(50), np.arange(50) * 0.1, publisher, timing=timing(clock))
     send_times = np.array([t - 1000.0 for *_, t in publisher.sent])
     assert send_times == pytest.approx(np.arange(50) * 0.1)
-    assert progress.lateness_ms()["final_drift_ms"] == pytest.approx(0, abs=1e-6)
+    assert progress.figures_ms()["final_drift_ms"] == pytest.approx(0, abs=1e-6)
 
 
 def test_a_late_message_goes_out_at_once_and_its_lateness_is_measured():
@@ -113,7 +169,7 @@ def test_a_late_message_goes_out_at_once_and_its_lateness_is_measured():
     progress = run_replay(messages(3), np.array([0, 0.1, 0.2]), publisher, timing=timing(clock))
     assert clock.sleeps == []
     assert progress.lateness_s.tolist() == pytest.approx([0, 0.15, 0.3])
-    assert progress.lateness_ms()["lateness_max_ms"] == pytest.approx(300)
+    assert progress.figures_ms()["lateness_max_ms"] == pytest.approx(300)
 
 
 def test_acks_bytes_and_partition_offsets_are_counted():
@@ -141,7 +197,7 @@ def test_a_rejected_delivery_fails_the_replay_and_counts_only_acks():
     assert progress.acked == 3
 
 
-def test_a_delivery_never_acknowledged_fails_after_the_flush():
+def test_a_delivery_never_acknowledged_fails_within_the_delivery_timeout():
     clock = FakeClock()
 
     class Unacked(MemoryPublisher):
@@ -149,8 +205,12 @@ def test_a_delivery_never_acknowledged_fails_after_the_flush():
             super().send(key, value, timestamp_ms)
             return FakeDelivery(done=False)
 
-    with pytest.raises(DeliveryError, match="not acknowledged"):
-        run_replay(messages(2), np.zeros(2), Unacked(clock), timing=timing(clock))
+    progress = ReplayProgress(total=0)
+    with pytest.raises(DeliveryError, match="no acknowledgement from the broker for 30 s"):
+        run_replay(messages(100), np.arange(100) * 1.0, Unacked(clock), progress=progress, timing=timing(clock))
+    # The first message was sent at 0: the loop gives up at the first check past 30 s.
+    assert 30 < progress.elapsed_s <= 32
+    assert progress.delivered == 0
 
 
 def test_an_interrupted_replay_flushes_and_reports_how_far_it_got():
@@ -158,35 +218,155 @@ def test_an_interrupted_replay_flushes_and_reports_how_far_it_got():
     publisher = MemoryPublisher(clock, interrupt_at=6)
     progress = ReplayProgress(total=0)
     with pytest.raises(KeyboardInterrupt):
-        run_replay(messages(10), np.zeros(10), publisher, progress=progress, timing=timing(clock))
+        run_replay(messages(10), np.zeros(10), publisher, progress=progress, paced=False, timing=timing(clock))
     assert publisher.flushes == 1
-    assert (progress.sent, progress.acked, progress.total) == (6, 6, 10)
+    assert (progress.sent, progress.acked, progress.delivered, progress.total) == (6, 6, 6, 10)
 
 
-def test_progress_is_reported_at_each_tenth_and_every_few_seconds():
+def test_exactly_once_commits_before_each_wait_so_what_was_sent_is_readable_at_once():
+    clock = FakeClock()
+    publisher = MemoryPublisher(clock, transactional=True, commit_cost_s=0.01)
+    progress = run_replay(messages(4), np.array([0, 1.0, 1.0, 3.0]), publisher, checkpoint=writer(4), timing=timing(clock))
+    rows = [c.next_row for _, c in publisher.checkpoints]
+    # The claim-less loop: a commit before each wait (after rows 0 and 2), then the final one.
+    assert rows == [1, 3, 4]
+    assert [c.status for _, c in publisher.checkpoints] == [ReplayStatus.RUNNING] * 2 + [ReplayStatus.FINISHED]
+    assert publisher.committed == 4 and progress.delivered == 4 and progress.next_row == 4
+    # Commits cost 10 ms but sit in the waits: no message is late.
+    assert [t - 1000.0 for *_, t in publisher.sent] == pytest.approx([0, 1.0, 1.0, 3.0])
+    figures = progress.figures_ms()
+    assert figures["lateness_max_ms"] == pytest.approx(0)
+    # Delivered = committed: 10 ms after each message's send.
+    assert figures["delivery_latency_p50_ms"] == pytest.approx(10)
+    assert progress.commits == 3 and figures["commit_p50_ms"] == pytest.approx(10)
+
+
+def test_a_wait_too_short_for_a_commit_is_not_spent_committing():
+    clock = FakeClock()
+    publisher = MemoryPublisher(clock, transactional=True, commit_cost_s=0.02)
+    # 5 ms gaps, 20 ms commits: committing before every wait would make every message late.
+    progress = run_replay(messages(200), np.arange(200) * 0.005, publisher, checkpoint=writer(200), timing=timing(clock))
+    assert progress.delivered == 200
+    assert 5 <= progress.commits <= 15  # about every 100 ms, not 200 times
+    assert progress.figures_ms()["lateness_p50_ms"] < 1
+
+
+def test_max_pacing_commits_about_every_100_ms_and_reports_no_timing_figures():
+    clock = FakeClock()
+    publisher = MemoryPublisher(clock, transactional=True, send_cost_s=0.001, commit_cost_s=0.005)
+    progress = run_replay(messages(1000), np.zeros(1000), publisher, checkpoint=writer(1000), paced=False, timing=timing(clock))
+    assert progress.delivered == 1000
+    assert 8 <= progress.commits <= 12
+    assert not any(k.startswith(("lateness", "delivery_latency", "final_drift")) for k in progress.figures_ms())
+
+
+def test_long_waits_carry_heartbeat_commits_so_the_topic_stays_held():
+    clock = FakeClock()
+    publisher = MemoryPublisher(clock, transactional=True)
+    run_replay(messages(2), np.array([0, 20.0]), publisher, checkpoint=writer(2), timing=timing(clock, heartbeat_s=5.0))
+    times = [t - 1000.0 for t, _ in publisher.checkpoints]
+    assert np.diff(times).max() <= 5.0 + 1e-9
+    assert times[-1] == pytest.approx(20.0)
+
+
+def test_a_resumed_replay_starts_at_its_row_and_keeps_the_same_gaps():
+    clock = FakeClock()
+    publisher = MemoryPublisher(clock, transactional=True)
+    progress = run_replay(messages(6), np.array([0, 1, 2, 4, 7, 8.0]), publisher, start_row=3, checkpoint=writer(6), timing=timing(clock))
+    assert [k for k, *_ in publisher.sent] == [b"U0", b"U1", b"U2"]  # rows 3, 4, 5
+    assert [t - 1000.0 for *_, t in publisher.sent] == pytest.approx([0, 3, 4])
+    assert (progress.start_row, progress.delivered, progress.next_row) == (3, 3, 6)
+    assert publisher.checkpoints[-1][1].next_row == 6
+
+
+def test_an_interrupted_exactly_once_replay_aborts_and_reports_only_what_was_committed():
+    clock = FakeClock()
+    publisher = MemoryPublisher(clock, transactional=True, interrupt_at=6)
+    progress = ReplayProgress(total=0)
+    with pytest.raises(KeyboardInterrupt):
+        run_replay(messages(10), np.arange(10) * 1.0, publisher, checkpoint=writer(10), progress=progress, timing=timing(clock))
+    assert publisher.aborts == 1
+    assert progress.delivered == publisher.committed == 6  # each row committed before its wait
+    last = publisher.checkpoints[-1][1]
+    assert (last.status, last.next_row) == (ReplayStatus.STOPPED, 6)
+
+
+def test_a_replay_told_to_stop_stops_at_the_next_commit():
+    clock = FakeClock()
+    publisher = MemoryPublisher(clock, transactional=True)
+    reasons = iter([None, None, None, "launcher gone"])
+    with pytest.raises(ReplayStopped, match="launcher gone"):
+        run_replay(
+            messages(10), np.arange(10) * 1.0, publisher, checkpoint=writer(10), should_stop=lambda: next(reasons), timing=timing(clock)
+        )
+    assert len(publisher.sent) == 4 and publisher.committed == 3
+
+
+def test_a_commit_in_doubt_is_reported_as_such_and_not_aborted():
+    clock = FakeClock()
+    publisher = MemoryPublisher(clock, transactional=True, commit_error=CommitInDoubt("no answer"))
+    progress = ReplayProgress(total=0)
+    with pytest.raises(CommitInDoubt):
+        run_replay(messages(3), np.arange(3) * 1.0, publisher, checkpoint=writer(3), progress=progress, timing=timing(clock))
+    assert (progress.delivered, progress.in_doubt, publisher.aborts) == (0, 1, 0)
+
+
+def test_a_fenced_replay_writes_nothing_more():
+    clock = FakeClock()
+    publisher = MemoryPublisher(clock, transactional=True, commit_error=ProducerFenced("newer producer"))
+    with pytest.raises(ProducerFenced):
+        run_replay(messages(3), np.arange(3) * 1.0, publisher, checkpoint=writer(3), timing=timing(clock))
+    assert publisher.aborts == 0 and publisher.checkpoints == []
+
+
+def test_at_least_once_checkpoints_the_acknowledged_prefix():
+    clock = FakeClock()
+    publisher = MemoryPublisher(clock)
+    progress = run_replay(messages(5), np.arange(5) * 1.0, publisher, checkpoint=writer(5), timing=timing(clock, heartbeat_s=0.5))
+    rows = [c.next_row for _, c in publisher.checkpoints]
+    assert rows == sorted(rows) and rows[-1] == 5
+    assert publisher.checkpoints[-1][1].status == ReplayStatus.FINISHED
+    assert progress.delivered == 5
+    assert progress.figures_ms()["delivery_latency_max_ms"] == pytest.approx(0)  # acked at once
+
+
+def test_progress_is_reported_at_each_tenth_but_not_more_often_than_a_sixth_of_the_interval():
     clock = FakeClock()
     seen = []
     run_replay(
         messages(20),
-        np.arange(20) * 1.0,  # one per second
+        np.arange(20) * 1.0,  # one per second: a tenth every 2 s
         MemoryPublisher(clock),
         on_progress=lambda p: seen.append(p.sent),
-        timing=timing(clock, progress_every_s=5.0),
+        timing=timing(clock, progress_every_s=6.0),
     )
     assert seen == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
     seen.clear()
     run_replay(
         messages(100),
-        np.arange(100) * 1.0,  # a tenth every 10 s, a timer every 3 s
+        np.arange(100) * 1.2,  # a tenth every 12 s, the interval 60 s: a line at each tenth
         MemoryPublisher(clock),
         on_progress=lambda p: seen.append(p.sent),
-        timing=timing(clock, progress_every_s=3.0),
+        timing=timing(clock, progress_every_s=60.0),
     )
-    assert seen[:5] == [4, 7, 10, 13, 16]
+    assert seen == [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+    seen.clear()
+    run_replay(
+        messages(2000),
+        np.arange(2000) * 1.0,  # a tenth every 200 s, a line every 60 s
+        MemoryPublisher(clock),
+        on_progress=lambda p: seen.append(p.sent),
+        timing=timing(clock, progress_every_s=60.0),
+    )
+    assert seen[:4] == [61, 121, 181, 200]
+    assert len(seen) < 2000 / 60 + 12
 
 
 def test_progress_line_reads_well():
-    progress = ReplayProgress(total=10, sent=5, acked=4, elapsed_s=2.0, lateness_s=np.array([0.001] * 10))
+    progress = ReplayProgress(total=10, sent=5, acked=4, delivered=4, elapsed_s=2.0, lateness_s=np.array([0.001] * 10))
+    progress.latency_s = np.zeros(10)
     line = progress_line(progress, np.arange(10) * 1.0)
-    assert line.startswith("5/10 sent (50%), 4 acked, 2 msgs/s, ETA 7 s")
-    assert "p99 1.0 ms" in line
+    assert line.startswith("4/10 delivered (40%), 5 sent and 4 acked this attempt, 2 msgs/s delivered, ETA 7 s")
+    assert "lateness p99 1.0 ms" in line
+    # Row 4 was due at 4 s; at 2 s elapsed it is not late yet.
+    assert "delivery lag 0 ms" in line

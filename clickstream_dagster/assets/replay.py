@@ -4,8 +4,14 @@ Thin wiring: pacing, encoding and the send loop are the pure modules ``pacing``,
 ``encoding`` and ``replay``; the broker is the ``KafkaResource``.
 """
 
+import contextlib
+import math
+import os
+import random
 import re
-from collections.abc import Iterator
+import socket
+import time
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import polars as pl
@@ -16,6 +22,7 @@ from dagster import (
     Failure,
     MaterializeResult,
     MetadataValue,
+    RetryRequested,
     TableColumn,
     TableRecord,
     TableSchema,
@@ -25,16 +32,34 @@ from pydantic import Field
 
 from clickstream_dagster.assets.metadata import numeric
 from clickstream_dagster.encoding import encode_messages, replay_headers
-from clickstream_dagster.kafka_client import BrokerUnavailable
+from clickstream_dagster.checkpoints import (
+    Checkpoint,
+    ReplayPlan,
+    ReplayStatus,
+    TopicBusy,
+    plan_replay,
+    transactional_id,
+)
+from clickstream_dagster.kafka_client import BrokerUnavailable, KafkaPublisher
 from clickstream_dagster.pacing import Pacing, PacingError, send_offsets
 from clickstream_dagster.partitions import clickstream_days
-from clickstream_dagster.replay import DeliveryError, ReplayProgress, progress_line, run_replay
+from clickstream_dagster.replay import (
+    DeliveryError,
+    ProducerFenced,
+    ReplayProgress,
+    ReplayStopped,
+    ReplayTiming,
+    progress_line,
+    run_replay,
+)
 from clickstream_dagster.resources.kafka import KafkaResource
 
 REPLAY_GROUP = "replay"
 DEFAULT_TOPIC = "click-data"
-REPLAY_POOL = "click_data_replay"
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+# A broker error mid-replay is retried this often (with backoff), each retry resuming at the checkpoint.
+STEP_RETRIES = 2
 
 # Run tags every replay carries, so the runs list can be filtered by them.
 TOPIC_TAG, PACING_TAG, DAY_TAG = "clickstream/topic", "clickstream/pacing", "clickstream/day"
@@ -56,6 +81,19 @@ class ReplayConfig(Config):
         default="replay", description="Kafka record time: the send time, or the page view's own time"
     )
     dry_run: bool = Field(default=False, description="send nothing; report count and expected duration")
+    delivery: Literal["exactly_once", "at_least_once"] = Field(
+        default="exactly_once",
+        description="exactly_once: Kafka transactions, each row once for read_committed consumers; "
+        "at_least_once: idempotent sends, no transactions (for clusters whose ACLs forbid them)",
+    )
+    resume: bool = Field(
+        default=False,
+        description="continue the last unfinished replay of this day into this topic (a re-execution always does)",
+    )
+    wait_for_topic_s: float = Field(
+        default=3600.0, description="while another replay holds the topic, wait this long, then fail naming it"
+    )
+    progress_interval_s: float = Field(default=60.0, description="a progress line at most this often")
 
     def to_pacing(self) -> Pacing:
         return Pacing(
@@ -73,6 +111,10 @@ def _validated(config: ReplayConfig) -> Pacing:
     problems = []
     if not _TOPIC_NAME.match(config.topic):
         problems.append(f"topic={config.topic!r}: use 1-249 of [A-Za-z0-9._-]")
+    for name in ("wait_for_topic_s", "progress_interval_s"):
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value >= 0):
+            problems.append(f"{name}={value!r}: expected a number >= 0")
     if config.limit is not None and config.limit < 0:
         problems.append(f"limit={config.limit}: expected >= 0")
     try:
@@ -95,28 +137,85 @@ def _offsets_table(progress: ReplayProgress) -> MetadataValue:
     return MetadataValue.table(records=records, schema=schema)
 
 
-def _report(progress: ReplayProgress, pacing: Pacing) -> dict:
+def _report(progress: ReplayProgress) -> dict:
     figures = {
-        "messages": progress.acked,
+        "messages": progress.delivered,  # readable by a read_committed consumer, this attempt
+        "acked": progress.acked,
         "bytes": progress.acked_bytes,
+        "start_row": progress.start_row,
+        "next_row": progress.next_row,
+        "commits": progress.commits,
         "duration_s": round(progress.elapsed_s, 3),
         "rate_msgs_per_s": round(progress.rate, 1),
     }
-    if pacing.is_paced:
-        figures |= {k: round(v, 3) for k, v in progress.lateness_ms().items()}
+    if progress.in_doubt:
+        figures["in_doubt"] = progress.in_doubt
+    figures |= {k: round(v, 3) for k, v in progress.figures_ms().items()}
     return {**numeric(figures), "kafka_offsets": _offsets_table(progress)}
+
+
+def _plan(kafka: KafkaResource, config: ReplayConfig, day: str, replay_id: str) -> ReplayPlan:
+    """Where this replay starts; ``TopicBusy`` while another live replay holds the topic."""
+    return plan_replay(
+        _checkpoints(kafka),
+        topic=config.topic,
+        day=day,
+        replay_id=replay_id,
+        resume=config.resume,
+        now_ms=time.time_ns() // 1_000_000,
+        lease_s=kafka.lease_s,
+    )
+
+
+def _wait_for_topic(context: AssetExecutionContext, kafka: KafkaResource, config: ReplayConfig, replay_id: str) -> None:
+    """Return once no other live replay holds the topic; fail naming it after wait_for_topic_s."""
+    began, last_said = time.monotonic(), -math.inf
+    while True:
+        try:
+            _plan(kafka, config, context.partition_key, replay_id)
+            return
+        except TopicBusy as busy:
+            waited = time.monotonic() - began
+            if waited >= config.wait_for_topic_s:
+                raise Failure(
+                    f"{busy}; gave up after waiting {waited:.0f} s (wait_for_topic_s). Replays into one topic "
+                    "never interleave: wait for that one, or replay into another topic.",
+                    allow_retries=False,
+                ) from busy
+            if time.monotonic() - last_said >= 30:
+                context.log.info(f"waiting for the topic: {busy}")
+                last_said = time.monotonic()
+            time.sleep(1.0 + random.random())
+
+
+def _checkpoints(kafka: KafkaResource) -> list[Checkpoint]:
+    try:
+        return kafka.checkpoints()
+    except BrokerUnavailable as error:
+        raise Failure(str(error), allow_retries=False) from error
+
+
+def _launcher_watch() -> Callable[[], str | None]:
+    """A reason to stop once the process that launched this step is gone (re-parented):
+    an orphaned step must not go on sending on its own."""
+    parent = os.getppid()
+
+    def orphaned() -> str | None:
+        if os.getppid() != parent:
+            return f"the process that launched this step (pid {parent}) exited; stopping"
+        return None
+
+    return orphaned
 
 
 @asset(
     partitions_def=clickstream_days,
     group_name=REPLAY_GROUP,
     kinds={"kafka"},
-    # One replay at a time, whatever launched it (dagster.yaml sets the pool's limit to 1).
-    pool=REPLAY_POOL,
-    # No RetryPolicy: a replay is not idempotent (a retry would send the day again).
     # A dry run sends nothing, so it materializes nothing (it logs an observation).
     output_required=False,
-    description="One day of page views replayed into Kafka, keyed by userId, paced as configured.",
+    description="One day of page views replayed into Kafka, keyed by userId, paced as configured, "
+    "exactly once by default: every row once, in per-visitor order, resumable after any crash.",
 )
 def click_data(
     context: AssetExecutionContext,
@@ -136,6 +235,7 @@ def click_data(
     settings = {
         "topic": config.topic,
         "pacing": pacing.describe(),
+        "delivery": config.delivery,
         "message_format": config.message_format,
         "record_timestamp": config.record_timestamp,
     }
@@ -165,47 +265,129 @@ def click_data(
         yield MaterializeResult(metadata={**settings, **numeric({"messages": 0}), "note": "empty day: 0 messages"})
         return
 
+    # Re-executions, step retries and run retries share the root run's id: they resume its replay.
+    replay_id = context.run.root_run_id or context.run.run_id
+    exactly_once = config.delivery == "exactly_once"
+    owner = f"{socket.gethostname()} pid {os.getpid()}"
     messages = encode_messages(events, config.message_format)
     record_ts = (events["original_timestamp"] * 1000).to_list() if config.record_timestamp == "original" else None
-    progress = ReplayProgress(total=len(messages))
-    publisher = kafka.publisher(config.topic, replay_headers(day, context.run.run_id))
+
+    def checkpoint(next_row: int, status: ReplayStatus) -> tuple[bytes, bytes]:
+        record = Checkpoint(
+            topic=config.topic,
+            day=day,
+            replay_id=replay_id,
+            run_id=context.run.run_id,
+            next_row=next_row,
+            total=len(messages),
+            status=status,
+            heartbeat_ms=time.time_ns() // 1_000_000,
+            owner=owner,
+        )
+        return record.key, record.to_bytes()
+
+    publisher, plan = _claim_topic(context, kafka, config, replay_id, checkpoint, exactly_once)
+    progress = ReplayProgress(total=len(messages), start_row=plan.start_row)
+    if plan.resumed is not None:
+        context.log.info(f"resuming at row {plan.start_row}/{len(messages)}: {plan.resumed.describe(time.time_ns() // 1_000_000)}")
     context.log.info(
-        f"replaying {len(messages)} page views of {day} into {config.topic!r} at "
-        f"{kafka.bootstrap_servers} ({pacing.describe()}, {config.message_format})"
-        + (" — topic created" if created else "")
+        f"replaying rows {plan.start_row}..{len(messages)} of {day} ({events.height} page views) into "
+        f"{config.topic!r} at {kafka.bootstrap_servers} ({pacing.describe()}, {config.message_format}, "
+        f"{config.delivery})" + (" — topic created" if created else "")
     )
     try:
         run_replay(
             messages,
             offsets_s,
             publisher,
+            start_row=plan.start_row,
+            checkpoint=checkpoint,
             record_timestamps_ms=record_ts,
             progress=progress,
             on_progress=lambda p: context.log.info(progress_line(p, offsets_s)),
+            should_stop=_launcher_watch(),
+            paced=pacing.is_paced,
+            timing=ReplayTiming(progress_every_s=config.progress_interval_s, delivery_timeout_s=kafka.delivery_timeout_s),
         )
-    except (DeliveryError, BrokerUnavailable) as error:
+    except (DeliveryError, BrokerUnavailable, ReplayStopped) as error:
+        doubt = f", {progress.in_doubt} more in a commit the broker never confirmed" if progress.in_doubt else ""
+        message = (
+            f"replay of {day} into {config.topic!r} at {kafka.bootstrap_servers} failed: {error}. "
+            f"{progress.delivered} messages delivered by this attempt ({progress.acked} acknowledged{doubt}); "
+            f"committed through row {progress.next_row} of {len(messages)}."
+        )
+        transient = not isinstance(error, ReplayStopped | ProducerFenced)
+        if transient and context.retry_number < STEP_RETRIES:
+            # Safe since checkpoints: the retry resumes from the last committed row.
+            context.log.warning(f"{message} Retrying (attempt {context.retry_number + 2} of {STEP_RETRIES + 1}).")
+            raise RetryRequested(max_retries=STEP_RETRIES, seconds_to_wait=5 * 2**context.retry_number) from error
         raise Failure(
-            f"replay of {day} into {config.topic!r} failed after {progress.acked} acknowledged messages: {error}",
-            metadata=_report(progress, pacing),
+            f"{message} Re-execute the run (or launch with resume: true) to continue from there.",
+            metadata={**settings, **_report(progress)},
             allow_retries=False,
         ) from error
     except BaseException:
         # Terminated from the UI (DagsterExecutionInterruptedError) or crashed: say how far it got.
         context.log.warning(f"replay of {day} stopped: {progress_line(progress, offsets_s)}")
         context.log_event(
-            AssetObservation(asset_key=context.asset_key, partition=day, metadata={**settings, **_report(progress, pacing)})
+            AssetObservation(asset_key=context.asset_key, partition=day, metadata={**settings, **_report(progress)})
         )
         raise
     finally:
         publisher.close()
 
+    context.log.info(progress_line(progress, offsets_s))
     preview = [{"key": key.decode(), "value": value.decode()} for key, value in progress.first_messages]
+    resumed = {"resumed_from_run": plan.resumed.run_id} if plan.resumed is not None else {}
     yield MaterializeResult(
         metadata={
             **settings,
-            **_report(progress, pacing),
+            **_report(progress),
+            **resumed,
+            "replay_id": replay_id,
             "day_rows": MetadataValue.int(events.height),
             "bootstrap_servers": kafka.bootstrap_servers,
             "preview": MetadataValue.json(preview),
         }
     )
+
+
+def _claim_topic(
+    context: AssetExecutionContext,
+    kafka: KafkaResource,
+    config: ReplayConfig,
+    replay_id: str,
+    checkpoint: Callable[[int, ReplayStatus], tuple[bytes, bytes]],
+    exactly_once: bool,
+) -> tuple[KafkaPublisher, ReplayPlan]:
+    """Wait for the topic, start a producer, plan from what is committed now, and claim.
+
+    With exactly_once the producer's start fences every earlier one of this topic, so the
+    checkpoints read after it are final: a zombie of an earlier attempt can commit nothing
+    more. Two replays that found the topic free at the same moment: the one that then sees
+    the other's live claim backs off before sending anything, and waits again."""
+    day = context.partition_key
+    while True:
+        _wait_for_topic(context, kafka, config, replay_id)
+        try:
+            publisher = kafka.publisher(
+                config.topic,
+                replay_headers(day, context.run.run_id),
+                transactional_id=transactional_id(config.topic) if exactly_once else None,
+            )
+        except BrokerUnavailable as error:
+            raise Failure(str(error), allow_retries=False) from error
+        try:
+            plan = _plan(kafka, config, day, replay_id)
+            publisher.commit(*checkpoint(plan.start_row, ReplayStatus.RUNNING), kafka.delivery_timeout_s)
+            publisher.flush(kafka.delivery_timeout_s)
+            return publisher, plan
+        except TopicBusy as busy:
+            publisher.close()
+            context.log.info(f"another replay claimed the topic at the same moment; backing off: {busy}")
+        except (DeliveryError, BrokerUnavailable) as error:
+            publisher.close()
+            raise Failure(
+                f"replay of {day} into {config.topic!r} could not claim the topic: {error}",
+                allow_retries=not isinstance(error, ProducerFenced),
+            ) from error

@@ -3,7 +3,18 @@
 from dagster import ConfigurableResource, Failure
 from pydantic import Field
 
-from clickstream_dagster.kafka_client import BrokerUnavailable, KafkaPublisher, KafkaSettings, ensure_topic
+from clickstream_dagster.checkpoints import DEFAULT_CHECKPOINT_TOPIC, Checkpoint
+from clickstream_dagster.kafka_client import (
+    BrokerUnavailable,
+    KafkaPublisher,
+    KafkaSettings,
+    ensure_topic,
+    read_checkpoints,
+)
+
+
+# Heartbeats come every 5 s (ReplayTiming.heartbeat_s): twice that, plus a stall's bound, is a dead replay.
+LEASE_MARGIN_S = 10.0
 
 
 class KafkaResource(ConfigurableResource):
@@ -23,9 +34,26 @@ class KafkaResource(ConfigurableResource):
     ssl_certfile: str | None = Field(default=None, description="client certificate (PEM), for mutual TLS")
     ssl_keyfile: str | None = Field(default=None, description="client private key (PEM), for mutual TLS")
     connect_timeout_s: float = Field(default=30.0, description="an unreachable cluster fails the run after this")
+    delivery_timeout_s: float = Field(
+        default=30.0, gt=0, description="a message or commit not confirmed this long after it was sent fails the run"
+    )
+    checkpoint_topic: str = Field(
+        default=DEFAULT_CHECKPOINT_TOPIC,
+        description="compacted topic holding each replay's checkpoint (committed with its messages) and lease",
+    )
     create_topic: bool = Field(default=True, description="create a missing topic (else fail)")
     topic_partitions: int = 3
     topic_replication_factor: int = 1
+
+    @property
+    def lease_s(self) -> float:
+        """A replay not heard of for this long holds its topic no more: it commits at least
+        every few seconds, and one that cannot fails within delivery_timeout_s."""
+        return self.delivery_timeout_s + LEASE_MARGIN_S
+
+    @property
+    def close_timeout_s(self) -> float:
+        return min(self.delivery_timeout_s, 5.0)
 
     def settings(self) -> KafkaSettings:
         try:
@@ -45,10 +73,20 @@ class KafkaResource(ConfigurableResource):
             raise Failure(f"kafka resource: {error}", allow_retries=False) from error
 
     def ensure_topic(self, topic: str) -> bool:
-        """True if the topic was created now; a ``Failure`` naming the cluster if unusable."""
+        """True if the topic was created now (the checkpoint topic too, compacted, if missing);
+        a ``Failure`` naming the cluster if unusable."""
         try:
+            settings = self.settings()
+            ensure_topic(
+                settings,
+                self.checkpoint_topic,
+                partitions=1,
+                replication_factor=self.topic_replication_factor,
+                create=self.create_topic,
+                topic_configs={"cleanup.policy": "compact"},
+            )
             return ensure_topic(
-                self.settings(),
+                settings,
                 topic,
                 partitions=self.topic_partitions,
                 replication_factor=self.topic_replication_factor,
@@ -57,8 +95,19 @@ class KafkaResource(ConfigurableResource):
         except BrokerUnavailable as error:
             raise Failure(str(error), allow_retries=False) from error
 
-    def publisher(self, topic: str, headers: list[tuple[str, bytes]]) -> KafkaPublisher:
-        try:
-            return KafkaPublisher(self.settings(), topic, headers)
-        except BrokerUnavailable as error:
-            raise Failure(str(error), allow_retries=False) from error
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every replay's latest committed checkpoint (read_committed)."""
+        return read_checkpoints(self.settings(), self.checkpoint_topic)
+
+    def publisher(
+        self, topic: str, headers: list[tuple[str, bytes]], transactional_id: str | None
+    ) -> KafkaPublisher:
+        """A producer for ``topic``; with a transactional id it fences earlier ones at once."""
+        return KafkaPublisher(
+            self.settings(),
+            topic,
+            headers,
+            checkpoint_topic=self.checkpoint_topic,
+            transactional_id=transactional_id,
+            delivery_timeout_s=self.delivery_timeout_s,
+        )

@@ -1,0 +1,118 @@
+"""Where a replay got to, as Kafka itself records it. Pure: no Dagster, no Kafka client.
+
+Every commit of a replay writes a checkpoint record (the next row of the day to send) into a
+small compacted topic, in the same Kafka transaction as the messages it covers, as Kafka
+Connect's exactly-once sources do (KIP-618). After any crash the last committed checkpoint says
+exactly which rows a read_committed consumer has: a resumed replay starts there, so every row
+of the day arrives once.
+
+The same record is the topic's lease: a replay whose heartbeat is fresh holds its topic, and
+any other replay into that topic waits (or fails naming it) instead of interleaving with it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+
+DEFAULT_CHECKPOINT_TOPIC = "clickstream-replay-checkpoints"
+TRANSACTIONAL_ID_PREFIX = "clickstream-replay-"
+
+
+class ReplayStatus(StrEnum):
+    RUNNING = "running"
+    FINISHED = "finished"
+    STOPPED = "stopped"  # failed or terminated, cleanly: resumable, and holds nothing
+
+
+def transactional_id(topic: str) -> str:
+    """One per topic: a new attempt's producer fences every earlier one writing to that topic."""
+    return f"{TRANSACTIONAL_ID_PREFIX}{topic}"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    topic: str
+    day: str
+    replay_id: str  # the run that started the replay: re-executions and retries share it
+    run_id: str  # the run (attempt) that wrote this record
+    next_row: int  # the first row of the day not yet committed
+    total: int  # rows in the replay (the day, or its limit)
+    status: ReplayStatus
+    heartbeat_ms: int  # the writer's wall clock at the write
+    owner: str = ""  # host and pid of the writer, for people reading a lease conflict
+
+    @property
+    def key(self) -> bytes:
+        return checkpoint_key(self.topic, self.day)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, value: bytes) -> Checkpoint:
+        fields = json.loads(value)
+        return cls(**{**fields, "status": ReplayStatus(fields["status"])})
+
+    def holds_topic(self, now_ms: int, lease_s: float) -> bool:
+        """Whether a replay is (as far as anyone can tell) still writing to the topic."""
+        return self.status == ReplayStatus.RUNNING and now_ms - self.heartbeat_ms < lease_s * 1000
+
+    def describe(self, now_ms: int) -> str:
+        age_s = max(now_ms - self.heartbeat_ms, 0) / 1000
+        return (
+            f"replay {self.replay_id[:8]} of {self.day} (run {self.run_id[:8]}, {self.owner or 'unknown host'}): "
+            f"{self.status.value} at row {self.next_row}/{self.total}, last heard of {age_s:.0f} s ago"
+        )
+
+
+def checkpoint_key(topic: str, day: str) -> bytes:
+    return f"{topic}/{day}".encode()
+
+
+class TopicBusy(RuntimeError):
+    """Another replay holds the topic; ``holder`` is its latest checkpoint."""
+
+    def __init__(self, holder: Checkpoint, now_ms: int):
+        self.holder = holder
+        super().__init__(f"topic {holder.topic!r} is being written by {holder.describe(now_ms)}")
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    start_row: int  # 0, or where the resumed replay continues
+    resumed: Checkpoint | None  # the checkpoint it continues from
+
+
+def plan_replay(
+    checkpoints: Iterable[Checkpoint],
+    *,
+    topic: str,
+    day: str,
+    replay_id: str,
+    resume: bool,
+    now_ms: int,
+    lease_s: float,
+) -> ReplayPlan:
+    """Where this replay starts, or ``TopicBusy`` if another live replay holds the topic.
+
+    - The same replay (a re-execution or retry of the run that started it) always continues
+      from its last checkpoint, taking over from any zombie of an earlier attempt.
+    - A fresh launch starts from the first row, unless ``resume``: then it continues the day's
+      last unfinished replay into this topic, or starts fresh when there is none.
+    """
+    mine = None
+    for checkpoint in checkpoints:
+        if checkpoint.topic != topic:
+            continue
+        if checkpoint.replay_id != replay_id and checkpoint.holds_topic(now_ms, lease_s):
+            raise TopicBusy(checkpoint, now_ms)
+        if checkpoint.day == day:
+            mine = checkpoint
+    if mine is None:
+        return ReplayPlan(start_row=0, resumed=None)
+    if mine.replay_id == replay_id or (resume and mine.status != ReplayStatus.FINISHED):
+        return ReplayPlan(start_row=mine.next_row, resumed=mine)
+    return ReplayPlan(start_row=0, resumed=None)

@@ -1,0 +1,74 @@
+"""Where a replay starts, and who holds a topic: the pure rules behind resume and the lease."""
+
+import pytest
+
+from clickstream_dagster.checkpoints import (
+    Checkpoint,
+    ReplayStatus,
+    TopicBusy,
+    plan_replay,
+    transactional_id,
+)
+
+NOW = 1_000_000_000
+
+
+def checkpoint(replay_id="A", day="2012-03-05", next_row=10, status=ReplayStatus.RUNNING, age_s=1.0, topic="click-data"):
+    return Checkpoint(topic, day, replay_id, f"run-{replay_id}", next_row, 100, status, NOW - int(age_s * 1000), "host pid 1")
+
+
+def plan(checkpoints, replay_id="B", day="2012-03-05", resume=False):
+    return plan_replay(checkpoints, topic="click-data", day=day, replay_id=replay_id, resume=resume, now_ms=NOW, lease_s=40)
+
+
+def test_a_checkpoint_round_trips_through_its_bytes():
+    record = checkpoint()
+    assert Checkpoint.from_bytes(record.to_bytes()) == record
+    assert record.key == b"click-data/2012-03-05"
+
+
+def test_the_transactional_id_follows_from_the_topic():
+    assert transactional_id("click-data") == "clickstream-replay-click-data"
+
+
+def test_a_fresh_launch_starts_at_the_first_row():
+    assert plan([]).start_row == 0
+    # Even where an earlier replay of the day stopped: a fresh launch replays the whole day.
+    assert plan([checkpoint(status=ReplayStatus.STOPPED)]).start_row == 0
+
+
+def test_a_re_execution_continues_its_own_replay_and_takes_over_from_a_live_zombie():
+    mine = checkpoint(replay_id="B", next_row=42, age_s=0.5)  # its earlier attempt still beats
+    result = plan([mine], replay_id="B")
+    assert (result.start_row, result.resumed) == (42, mine)
+
+
+def test_a_finished_replay_re_executed_sends_nothing_more():
+    assert plan([checkpoint(replay_id="B", next_row=100, status=ReplayStatus.FINISHED)], replay_id="B").start_row == 100
+
+
+def test_resume_continues_the_days_last_unfinished_replay_or_starts_fresh():
+    stopped = checkpoint(replay_id="A", next_row=37, status=ReplayStatus.STOPPED)
+    assert plan([stopped], resume=True).start_row == 37
+    dead = checkpoint(replay_id="A", next_row=12, age_s=3600)  # left RUNNING by a kill -9
+    assert plan([dead], resume=True).start_row == 12
+    finished = checkpoint(replay_id="A", status=ReplayStatus.FINISHED)
+    assert plan([finished], resume=True).start_row == 0
+    other_day = checkpoint(replay_id="A", day="2012-03-04", status=ReplayStatus.STOPPED)
+    assert plan([other_day], resume=True).start_row == 0
+
+
+def test_another_live_replay_of_the_topic_holds_it_whatever_its_day():
+    holder = checkpoint(replay_id="A", day="2012-03-01", age_s=2)
+    with pytest.raises(TopicBusy, match=r"topic 'click-data' is being written by replay A of 2012-03-01 .*row 10/100"):
+        plan([holder])
+
+
+def test_a_silent_replay_holds_the_topic_no_longer_after_the_lease():
+    assert plan([checkpoint(replay_id="A", age_s=41)]).start_row == 0
+    assert plan([checkpoint(replay_id="A", status=ReplayStatus.STOPPED, age_s=0)]).start_row == 0
+
+
+def test_replays_into_other_topics_do_not_matter():
+    elsewhere = checkpoint(replay_id="A", topic="other-topic", age_s=0)
+    assert plan([elsewhere]).start_row == 0
