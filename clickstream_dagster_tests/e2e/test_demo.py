@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -193,7 +194,7 @@ def test_a_busy_topic_fails_fast_naming_the_run_and_what_to_do(kafka_bootstrap_s
 
 
 def test_ctrl_c_stops_the_demo_and_its_replay_within_seconds(kafka_bootstrap_servers, tmp_path):
-    from clickstream_dagster_tests.e2e.conftest import topic_size, wait_for
+    from clickstream_dagster_tests.e2e.conftest import wait_for
 
     topic = f"e2e-demo-interrupt-{os.getpid()}-{tmp_path.name[-8:]}".replace("_", "-")
     # 5 messages a second: the day would take about 40 s.
@@ -205,8 +206,9 @@ def test_ctrl_c_stops_the_demo_and_its_replay_within_seconds(kafka_bootstrap_ser
             cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, start_new_session=True,
         )
     try:
-        wait_for(lambda: " sent (" in err.read_text(), timeout_s=DEMO_TIMEOUT_S, what="the replay to send",
-                 details=lambda: out.read_text() + err.read_text())
+        # A progress line ("<count>/<total> ..."): the replay is sending.
+        wait_for(lambda: re.search(r"click_data - \d+/\d+ ", err.read_text()), timeout_s=DEMO_TIMEOUT_S,
+                 what="the replay to send", details=lambda: out.read_text() + err.read_text())
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
         try:
             code = proc.wait(timeout=STOP_TIMEOUT_S)
@@ -229,7 +231,26 @@ def test_ctrl_c_stops_the_demo_and_its_replay_within_seconds(kafka_bootstrap_ser
         observation = instance.fetch_observations(AssetKey("click_data"), limit=1).records[0]
         assert observation.run_id == replay.run_id
         messages = observation.asset_observation.metadata["messages"].value
-    assert 0 < messages == topic_size(kafka_bootstrap_servers, topic)
+    assert 0 < messages == committed_records(kafka_bootstrap_servers, topic)
+
+
+def committed_records(bootstrap_servers: str, topic: str) -> int:
+    """Records a read_committed consumer gets from the whole topic (what a consumer sees)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
+                             isolation_level="read_committed")
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        ends = consumer.end_offsets(partitions)  # the last stable offsets, for read_committed
+        count, deadline = 0, time.monotonic() + 60
+        while any(consumer.position(tp) < ends[tp] for tp in partitions) and time.monotonic() < deadline:
+            count += sum(len(batch) for batch in consumer.poll(timeout_ms=1000).values())
+        return count
+    finally:
+        consumer.close()
 
 
 def test_with_demo_wait_it_waits_visibly_then_replays(kafka_bootstrap_servers, tmp_path):
