@@ -3,7 +3,7 @@ does, it replays the days one after the other, each a run, without overlap and w
 
 Its own ``dagster dev`` (the module's ``dagster_dev`` below overrides conftest's): the feed's
 settings are environment variables read when the code location loads. At speed 1000 with gaps
-clamped to 0.1 s and 60 messages a day, a day takes about 6 s.
+clamped to 0.1 s and 60 messages a day, a day takes about 6 s of sending.
 """
 
 import itertools
@@ -46,9 +46,12 @@ FEED_SETTINGS = {
     "REPLAY_FEED_SPEED": "1000",
     "REPLAY_FEED_CONFIG": json.dumps({"limit": PER_DAY, "max_delay_s": 0.1}),
 }
-# Between the end of one day's run and the start of the next: the queue's dequeue interval (5 s by
-# default) and a new run worker's start, on a small shared machine.
-MAX_GAP_S = float(os.environ.get("E2E_FEED_MAX_GAP_S") or 15)
+# From the end of one day's run to the launch of the next (already queued): the queue's dequeue
+# interval (5 s by default) and the daemon's own pace on a small shared machine.
+MAX_LAUNCH_GAP_S = float(os.environ.get("E2E_FEED_MAX_LAUNCH_GAP_S") or 12)
+# The whole gap adds the new run worker's start (a Python process loading the code location),
+# which on a busy 2-core machine takes from a few seconds to tens of seconds.
+MAX_GAP_S = float(os.environ.get("E2E_FEED_MAX_GAP_S") or 60)
 DAYS_WATCHED = 3
 
 _SENSOR_STATE = """
@@ -115,6 +118,12 @@ def feed_runs(gql: DagsterGraphQL) -> list[dict]:
     return sorted(gql.runs(job_name=REPLAY_JOB, tags={"dagster/sensor_name": FEED}), key=lambda r: r["creationTime"])
 
 
+def launched_at(gql: DagsterGraphQL, run_id: str) -> float:
+    """When the queue launched the run (its RUN_STARTING event), epoch seconds."""
+    [event] = [e for e in gql.events(run_id) if e["__typename"] == "RunStartingEvent"]
+    return int(event["timestamp"]) / 1000
+
+
 def test_the_feed_is_stopped_until_switched_on(gql, prepared_days):
     assert feed_state(gql)["status"] == "STOPPED"
     assert not feed_runs(gql)
@@ -152,12 +161,15 @@ def test_days_follow_each_other_without_overlap_or_gap(gql, prepared_days, kafka
         assert tags["dagster/partition"] == day
         assert (tags[TOPIC_TAG], tags[PACING_TAG], tags[DAY_TAG]) == (FEED_TOPIC, "original", day)
 
-    # Each starts when the previous one ends: no overlap, and no gap beyond a few seconds.
-    gaps = []
+    # Each starts when the previous one ends: no overlap; the next day, queued ahead, is launched
+    # within seconds of the end of the previous one.
+    gaps, launch_gaps = [], []
     for before, after in itertools.pairwise(watched):
         assert after["startTime"] >= before["endTime"], (before, after)
-        gaps.append(after["startTime"] - before["endTime"])
-    assert max(gaps) <= MAX_GAP_S, f"gaps between days: {gaps}"
+        gaps.append(round(after["startTime"] - before["endTime"], 1))
+        launch_gaps.append(round(launched_at(gql, after["runId"]) - before["endTime"], 1))
+    shown = f"launched {launch_gaps} s and started {gaps} s after the previous day ended"
+    assert max(launch_gaps) <= MAX_LAUNCH_GAP_S and max(gaps) <= MAX_GAP_S, shown
 
     # In the topic: each day's messages, all of one day before any of the next.
     records = read_topic(kafka_bootstrap_servers, FEED_TOPIC)
@@ -170,5 +182,5 @@ def test_days_follow_each_other_without_overlap_or_gap(gql, prepared_days, kafka
     for before, after in itertools.pairwise(DAYS[:DAYS_WATCHED]):
         assert spans[before][1] < spans[after][0], spans
         assert (spans[after][0] - spans[before][1]) / 1000 <= MAX_GAP_S + 5, spans
-    print("gaps between runs (s):", [round(g, 1) for g in gaps])
+    print(shown)
 
