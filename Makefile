@@ -4,6 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 KAFKA_PORT ?= 9092
+# Where the local broker keeps its pid, config, log and data (`make dev`, `make kafka-*`).
+KAFKA_STATE_DIR ?= $(CURDIR)/.kafka
+DAGSTER_PORT ?= 3000
+export DAGSTER_PORT KAFKA_PORT KAFKA_STATE_DIR
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
 .PHONY: setup demo dev test test-unit kafka-up kafka-down kafka-status bench-prepare bench-replay bench screenshots data clean
@@ -13,17 +17,26 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	@# setuptools warns about every editable install (a build-backend warning pip shows even with --quiet).
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
 # Broker up (unless KAFKA_BOOTSTRAP_SERVERS names one), 15 days prepared, one day replayed, read back.
 demo: setup
 	$(PY) scripts/demo.py
 
-# The Dagster UI (webserver + daemon) on 127.0.0.1:3000, on the same DAGSTER_HOME as `make demo`.
+# The Dagster UI (webserver + daemon) on 127.0.0.1:$(DAGSTER_PORT), on the same DAGSTER_HOME as
+# `make demo`. Unless KAFKA_BOOTSTRAP_SERVERS names a cluster, the local broker is started (or found
+# running) and Dagster is given its address, read from the broker's own report.
 dev: setup
-	@if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ]; then $(PYTHON) scripts/local_kafka.py up --port $(KAFKA_PORT); fi
-	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	@set -o pipefail; \
+	if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ]; then \
+	  KAFKA_BOOTSTRAP_SERVERS=$$($(PYTHON) scripts/local_kafka.py up --port $(KAFKA_PORT) --state-dir "$(KAFKA_STATE_DIR)" \
+	    | tee /dev/stderr | sed -n 's/^ *bootstrap servers: *//p') || exit 1; \
+	  export KAFKA_BOOTSTRAP_SERVERS; \
+	fi; \
+	echo "Dagster UI: http://127.0.0.1:$(DAGSTER_PORT)  (Kafka: $$KAFKA_BOOTSTRAP_SERVERS, DAGSTER_HOME=$$DAGSTER_HOME)"; \
+	exec $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DAGSTER_PORT)
 
 # Everything: unit, integration (real broker started by the test session) and end-to-end tests.
 test: setup
@@ -33,13 +46,13 @@ test-unit: setup
 	$(PY) -m pytest -m "not integration and not e2e"
 
 kafka-up:
-	$(PYTHON) scripts/local_kafka.py up --port $(KAFKA_PORT)
+	$(PYTHON) scripts/local_kafka.py up --port $(KAFKA_PORT) --state-dir "$(KAFKA_STATE_DIR)"
 
 kafka-down:
-	$(PYTHON) scripts/local_kafka.py down
+	$(PYTHON) scripts/local_kafka.py down --state-dir "$(KAFKA_STATE_DIR)"
 
 kafka-status:
-	$(PYTHON) scripts/local_kafka.py status
+	$(PYTHON) scripts/local_kafka.py status --state-dir "$(KAFKA_STATE_DIR)"
 
 # Re-generate the committed sample log (deterministic: the same bytes every time).
 data: setup

@@ -10,7 +10,8 @@
     click_data           one day replayed into the Kafka topic `click-data`
 
 Jobs (jobs.py): prepare_clickstream (a range of days in one run), replay_clickstream (a day).
-Schedule (schedules.py): replay_cycle, the next day every tick (stopped until switched on).
+Live feed (sensors.py, feed.py): replay_feed, the days one after the other without a gap
+(stopped until switched on). Schedule (schedules.py): replay_cycle, a day at fixed times.
 Resources: the log file, the Parquet IO manager (CLICKSTREAM_STORAGE_DIR) and the Kafka
 cluster (KAFKA_*). Everything that differs per deployment is an environment variable.
 """
@@ -26,7 +27,7 @@ from clickstream_dagster.resources.kafka import KafkaResource
 from clickstream_dagster.resources.log_file import DEFAULT_LOG_PATH, ClickstreamLogFile
 from clickstream_dagster.resources.parquet import DailyParquetIOManager
 from clickstream_dagster.schedules import replay_cycle
-from clickstream_dagster.sensors import clickstream_log_changed
+from clickstream_dagster.sensors import clickstream_log_changed, replay_feed
 
 
 def kafka_from_environment() -> KafkaResource:
@@ -47,7 +48,7 @@ defs = Definitions(
     asset_checks=[prepare.every_line_accounted_for, *prepare.EVENTS_CHECKS, replay.delivered_exactly_once],
     jobs=[prepare_clickstream, replay_clickstream],
     schedules=[replay_cycle],
-    sensors=[clickstream_log_changed],
+    sensors=[clickstream_log_changed, replay_feed],
     resources={
         "clickstream_log": ClickstreamLogFile(path=os.environ.get("CLICKSTREAM_CSV", str(DEFAULT_LOG_PATH))),
         # Unset: the Dagster instance's storage directory; or a local path / s3:// URL.

@@ -1,24 +1,48 @@
-"""Prepare again, without anyone asking, when the clickstream log file changes."""
+"""Sensors: prepare again when the clickstream log changes; keep the live replay feed going."""
 
 import hashlib
 import json
+import os
+import time
 from pathlib import Path
 
 from dagster import (
+    AssetKey,
     AssetObservation,
+    AssetRecordsFilter,
+    DagsterInstance,
     DefaultSensorStatus,
     RunRequest,
+    RunsFilter,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
     sensor,
 )
 
-from clickstream_dagster.jobs import prepare_clickstream
+# Private, but these are the tags Dagster itself records data versions and their provenance
+# under: an observation tagged with the log's sha256 is the version every prepare run reads.
+from dagster._core.definitions.data_version import DATA_VERSION_TAG, get_input_data_version_tag
+
+# Private too: the tag Dagster's run retries put on a failed run it will re-execute.
+from dagster._core.storage.tags import WILL_RETRY_TAG
+
+from clickstream_dagster.assets.replay import DAY_TAG, DEFAULT_TOPIC, PACING_TAG, TOPIC_TAG, ReplayConfig
+from clickstream_dagster.feed import (
+    FAILED,
+    FINISHED,
+    FeedRun,
+    failure_note,
+    feed_run_config,
+    newly_finished,
+    next_step,
+)
+from clickstream_dagster.jobs import prepare_clickstream, replay_clickstream
 from clickstream_dagster.partitions import clickstream_days
 from clickstream_dagster.resources.log_file import ClickstreamLogFile
 
 CLICKSTREAM_CSV_KEY = "clickstream_csv"
+PREPARED_ASSETS = ("clickstream_events", "clickstream_rejects")
 
 
 def file_version(path: Path, previous: dict | None) -> dict:
@@ -34,12 +58,44 @@ def file_version(path: Path, previous: dict | None) -> dict:
     return version | {"sha256": digest.hexdigest()}
 
 
+def log_observation(version: dict) -> AssetObservation:
+    """The log as seen now, its sha256 as data version: a prepare run that starts after this
+    records it as the input version it read (``dagster/input_data_version/clickstream_csv``)."""
+    return AssetObservation(
+        asset_key=CLICKSTREAM_CSV_KEY,
+        metadata={"sha256": version["sha256"], "size_bytes": version["size"], "path": version["path"]},
+        tags={DATA_VERSION_TAG: version["sha256"]},
+    )
+
+
+def prepared_log_version(instance: DagsterInstance) -> str | None:
+    """The log version every prepared day and the rejects were last materialized from, if they agree.
+
+    None when something is missing or the latest materializations read different versions (or
+    none was recorded): then only preparing again makes the data match one log.
+    """
+    version_tag = get_input_data_version_tag(AssetKey(CLICKSTREAM_CSV_KEY))
+    filters = [
+        AssetRecordsFilter(AssetKey("clickstream_events"), asset_partitions=[day])
+        for day in clickstream_days.get_partition_keys()
+    ]
+    filters.append(AssetRecordsFilter(AssetKey("clickstream_rejects")))
+    versions = set()
+    for records_filter in filters:
+        records = instance.fetch_materializations(records_filter, limit=1).records
+        if not records:
+            return None
+        versions.add((records[0].event_log_entry.tags or {}).get(version_tag))
+    [version] = versions if len(versions) == 1 else [None]
+    return version
+
+
 @sensor(
     name="clickstream_log_changed",
     job=prepare_clickstream,
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
-    description="When the log's content changes, prepare all days again in one run.",
+    description="When the log's content differs from what the last prepare read, prepare all days again in one run.",
 )
 def clickstream_log_changed(context: SensorEvaluationContext, clickstream_log: ClickstreamLogFile):
     path = Path(clickstream_log.path)
@@ -47,13 +103,25 @@ def clickstream_log_changed(context: SensorEvaluationContext, clickstream_log: C
         return SkipReason(f"clickstream log {path} not found (CLICKSTREAM_CSV)")
     previous = json.loads(context.cursor) if context.cursor else None
     current = file_version(path, previous)
+    cursor = json.dumps(current)
     if previous and previous.get("sha256") == current["sha256"]:
-        return SensorResult(skip_reason=SkipReason(f"{path.name} unchanged"), cursor=json.dumps(current))
+        return SensorResult(skip_reason=SkipReason(f"{path.name} unchanged"), cursor=cursor)
+    # First sight (a new sensor, or a new instance after `make demo`) or a new content: prepare
+    # only if the prepared days were not read from exactly this log.
+    if prepared_log_version(context.instance) == current["sha256"]:
+        return SensorResult(
+            skip_reason=SkipReason(
+                f"all days already prepared from {path.name} (sha256 {current['sha256'][:12]})"
+            ),
+            cursor=cursor,
+        )
     keys = clickstream_days.get_partition_keys()
     return SensorResult(
         run_requests=[
             RunRequest(
-                run_key=current["sha256"],
+                # The content and its mtime: a log that goes back to an earlier content is
+                # prepared again (a key made of the hash alone would be deduplicated away).
+                run_key=f"{current['sha256']}@{current['mtime_ns']}",
                 tags={
                     # One run over all days: the log is scanned once.
                     "dagster/asset_partition_range_start": keys[0],
@@ -61,11 +129,89 @@ def clickstream_log_changed(context: SensorEvaluationContext, clickstream_log: C
                 },
             )
         ],
-        asset_events=[
-            AssetObservation(
-                asset_key=CLICKSTREAM_CSV_KEY,
-                metadata={"sha256": current["sha256"], "size_bytes": current["size"], "path": str(path)},
+        # Recorded before the run is launched, so the run reads (and records) this version.
+        asset_events=[log_observation(current)],
+        cursor=cursor,
+    )
+
+
+# --------------------------------------------------------------------------- the live feed
+
+REPLAY_FEED = "replay_feed"
+REPLAY_FEED_CONFIG = feed_run_config(os.environ, set(ReplayConfig.model_fields), DEFAULT_TOPIC)
+# How many of its latest runs the feed reads back: enough to find the queued one and the failures.
+FEED_HISTORY = 50
+
+
+def topic_runs_one_at_a_time(instance: DagsterInstance, topic: str) -> bool:
+    """True when the instance's run queue starts runs tagged with ``topic`` one at a time
+    (``concurrency.runs.tag_concurrency_limits`` on the topic tag, limit 1)."""
+    queue = instance.get_concurrency_config().run_queue_config  # None: no run queue at all
+    for limit in (queue.tag_concurrency_limits if queue else None) or []:
+        value = limit.get("value")
+        per_value = isinstance(value, dict) and value.get("applyLimitPerUniqueValue")
+        if (
+            limit.get("key") == TOPIC_TAG
+            and limit.get("limit") == 1
+            and (value is None or value == topic or per_value)
+        ):
+            return True
+    return False
+
+
+@sensor(
+    name=REPLAY_FEED,
+    job=replay_clickstream,
+    minimum_interval_seconds=5,
+    default_status=DefaultSensorStatus.STOPPED,
+    description="A live feed: replays the 15 days one after the other, for ever, each starting when the "
+    "previous one ends (original timing at REPLAY_FEED_SPEED into REPLAY_FEED_TOPIC). The next day "
+    "waits in the queue behind the one playing; a failed day is reported and the feed goes on.",
+)
+def replay_feed(context: SensorEvaluationContext):
+    days = clickstream_days.get_partition_keys()
+    config = REPLAY_FEED_CONFIG
+    records = context.instance.get_run_records(
+        filters=RunsFilter(job_name=replay_clickstream.name, tags={"dagster/sensor_name": REPLAY_FEED}),
+        limit=FEED_HISTORY,
+    )
+    runs = [
+        FeedRun(
+            r.dagster_run.run_id,
+            r.dagster_run.tags.get("dagster/partition"),
+            r.dagster_run.status.value,
+            r.end_time,
+            reexecutes=r.dagster_run.parent_run_id,
+            will_retry=r.dagster_run.tags.get(WILL_RETRY_TAG) == "true",
+        )
+        for r in records
+    ]
+    finished = [run for run in runs if run.status in FINISHED]
+    # The cursor only remembers which ended runs were reported; where the feed is comes from
+    # its runs, so a restarted daemon (or a reset cursor) goes on from the last day played.
+    reported = (
+        json.loads(context.cursor)["reported"] if context.cursor else (finished[0].run_id if finished else "")
+    )
+    notes = [failure_note(run, days) for run in newly_finished(runs, reported) if run.status in FAILED]
+    for note in notes:
+        context.log.warning(note)
+    cursor = json.dumps({"reported": finished[0].run_id if finished else reported})
+
+    step = next_step(
+        runs, days, queue_ahead=topic_runs_one_at_a_time(context.instance, config["topic"]), now=time.time()
+    )
+    if step.day is None:
+        return SensorResult(skip_reason=SkipReason(" ".join([*notes, step.reason])), cursor=cursor)
+    context.log.info(step.reason)
+    return SensorResult(
+        run_requests=[
+            RunRequest(
+                # The day and the run it follows: a tick evaluated twice requests it once.
+                run_key=f"{REPLAY_FEED}:{step.after or 'start'}:{step.day}",
+                partition_key=step.day,
+                run_config={"ops": {"click_data": {"config": config}}},
+                tags={TOPIC_TAG: config["topic"], PACING_TAG: config["pacing"], DAY_TAG: step.day},
             )
         ],
-        cursor=json.dumps(current),
+        cursor=cursor,
     )

@@ -39,3 +39,11 @@ def test_fifteen_daily_partitions():
 def test_replay_reads_the_prepared_days():
     graph = defs.resolve_asset_graph()
     assert graph.get(AssetKey("click_data")).parent_keys == {AssetKey("clickstream_events")}
+
+
+def test_automation_snapshot_and_what_runs_by_default():
+    from dagster import DefaultScheduleStatus, DefaultSensorStatus
+
+    sensors = {s.name: s.default_status for s in defs.sensors}
+    assert sensors == {"clickstream_log_changed": DefaultSensorStatus.RUNNING, "replay_feed": DefaultSensorStatus.STOPPED}
+    assert {s.name: s.default_status for s in defs.schedules} == {"replay_cycle": DefaultScheduleStatus.STOPPED}

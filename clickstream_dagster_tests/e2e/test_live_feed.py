@@ -1,0 +1,186 @@
+"""The live feed in the real webserver and daemon: switched on over GraphQL as the UI's toggle
+does, it replays the days one after the other, each a run, without overlap and without a gap.
+
+Its own ``dagster dev`` (the module's ``dagster_dev`` below overrides conftest's): the feed's
+settings are environment variables read when the code location loads. At speed 1000 with gaps
+clamped to 0.1 s and 60 messages a day, a day takes about 6 s of sending.
+"""
+
+import itertools
+import json
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from clickstream_dagster_tests.e2e.conftest import (
+    DAY_TAG,
+    DAYS,
+    LOCATION_NAME,
+    PACING_TAG,
+    REPLAY_JOB,
+    REPOSITORY_NAME,
+    RESERVED_PORTS,
+    RUN_TIMEOUT_S,
+    TERMINAL,
+    TOPIC_TAG,
+    DagsterDev,
+    DagsterGraphQL,
+    PortInUse,
+    _stop_or_raise,
+    read_topic,
+    run_tags,
+    start_dagster_dev,
+    wait_for,
+    wait_until_ready,
+)
+
+pytestmark = pytest.mark.e2e
+
+FEED = "replay_feed"
+FEED_TOPIC = f"e2e-live-feed-{uuid.uuid4().hex[:8]}"
+PER_DAY = 60
+FEED_SETTINGS = {
+    "REPLAY_FEED_TOPIC": FEED_TOPIC,
+    "REPLAY_FEED_SPEED": "1000",
+    "REPLAY_FEED_CONFIG": json.dumps({"limit": PER_DAY, "max_delay_s": 0.1}),
+}
+# From the end of one day's run to the launch of the next (already queued): the queue's dequeue
+# interval (5 s by default) and the daemon's own pace on a small shared machine.
+MAX_LAUNCH_GAP_S = float(os.environ.get("E2E_FEED_MAX_LAUNCH_GAP_S") or 12)
+# The whole gap adds the new run worker's start (a Python process loading the code location),
+# which on a busy 2-core machine takes from a few seconds to tens of seconds.
+MAX_GAP_S = float(os.environ.get("E2E_FEED_MAX_GAP_S") or 60)
+DAYS_WATCHED = 3
+
+_SENSOR_STATE = """
+query SensorState($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename ... on Sensor { sensorState { id status ticks(limit: 20) { status skipReason runIds error { message } } } }
+  }
+}
+"""
+_START = """
+mutation Start($selector: SensorSelector!) {
+  startSensor(sensorSelector: $selector) {
+    __typename ... on Sensor { sensorState { status } } ... on PythonError { message stack }
+  }
+}
+"""
+_STOP = """
+mutation Stop($id: String!) {
+  stopSensor(id: $id) {
+    __typename ... on StopSensorMutationResult { instigationState { status } } ... on PythonError { message }
+  }
+}
+"""
+SELECTOR = {"repositoryLocationName": LOCATION_NAME, "repositoryName": REPOSITORY_NAME, "sensorName": FEED}
+
+
+@pytest.fixture(scope="module")
+def dagster_dev(kafka_bootstrap_servers, local_kafka, tmp_path_factory) -> Iterator[DagsterDev]:
+    """conftest's ``dagster_dev``, with the feed's settings in its environment."""
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in FEED_SETTINGS.items():
+            env.setenv(name, value)
+        for attempt in (1, 2):
+            dev = start_dagster_dev(
+                tmp_path_factory.mktemp("dagster-dev-feed"),
+                kafka_bootstrap_servers,
+                local_kafka.free_port(exclude=RESERVED_PORTS),
+            )
+            try:
+                wait_until_ready(dev, DagsterGraphQL(dev.port, timeout_s=10))
+                break
+            except PortInUse as error:
+                _stop_or_raise(dev)
+                if attempt == 2:
+                    pytest.fail(str(error), pytrace=False)
+            except BaseException as error:
+                _stop_or_raise(dev)
+                if isinstance(error, RuntimeError):
+                    pytest.fail(str(error), pytrace=False)
+                raise
+    try:
+        dev.remember_processes()
+        yield dev
+    finally:
+        _stop_or_raise(dev)
+
+
+def feed_state(gql: DagsterGraphQL) -> dict:
+    return gql.execute(_SENSOR_STATE, selector=SELECTOR)["sensorOrError"]["sensorState"]
+
+
+def feed_runs(gql: DagsterGraphQL) -> list[dict]:
+    """The feed's runs, oldest first."""
+    return sorted(gql.runs(job_name=REPLAY_JOB, tags={"dagster/sensor_name": FEED}), key=lambda r: r["creationTime"])
+
+
+def launched_at(gql: DagsterGraphQL, run_id: str) -> float:
+    """When the queue launched the run (its RUN_STARTING event), epoch seconds."""
+    [event] = [e for e in gql.events(run_id) if e["__typename"] == "RunStartingEvent"]
+    return int(event["timestamp"]) / 1000
+
+
+def test_the_feed_is_stopped_until_switched_on(gql, prepared_days):
+    assert feed_state(gql)["status"] == "STOPPED"
+    assert not feed_runs(gql)
+
+
+def test_days_follow_each_other_without_overlap_or_gap(gql, prepared_days, kafka_bootstrap_servers):
+    started = gql.execute(_START, selector=SELECTOR)["startSensor"]
+    assert started["__typename"] == "Sensor" and started["sensorState"]["status"] == "RUNNING", started
+
+    def watched_days_done() -> list[dict] | None:
+        runs = feed_runs(gql)
+        done = [r for r in runs[:DAYS_WATCHED] if r["status"] in TERMINAL]
+        return runs if len(done) == DAYS_WATCHED else None
+
+    try:
+        runs = wait_for(
+            watched_days_done,
+            timeout_s=DAYS_WATCHED * RUN_TIMEOUT_S,
+            what=f"{DAYS_WATCHED} days of the live feed",
+            interval_s=1.0,
+            details=lambda: json.dumps(feed_state(gql), indent=1) + "\n" + gql.details(),
+        )
+    finally:
+        stop = gql.execute(_STOP, id=feed_state(gql)["id"])["stopSensor"]
+        for run in feed_runs(gql):
+            if run["status"] not in TERMINAL and run["status"] != "CANCELING":
+                gql.terminate(run["runId"])
+    assert stop["__typename"] == "StopSensorMutationResult", stop
+    watched = runs[:DAYS_WATCHED]
+
+    # Every day is a run of replay_clickstream, in order from the first day, tagged as replays are.
+    for run, day in zip(watched, DAYS, strict=False):
+        assert run["status"] == "SUCCESS", gql.describe_run(run["runId"])
+        tags = run_tags(run)
+        assert tags["dagster/partition"] == day
+        assert (tags[TOPIC_TAG], tags[PACING_TAG], tags[DAY_TAG]) == (FEED_TOPIC, "original", day)
+
+    # Each starts when the previous one ends: no overlap; the next day, queued ahead, is launched
+    # within seconds of the end of the previous one.
+    gaps, launch_gaps = [], []
+    for before, after in itertools.pairwise(watched):
+        assert after["startTime"] >= before["endTime"], (before, after)
+        gaps.append(round(after["startTime"] - before["endTime"], 1))
+        launch_gaps.append(round(launched_at(gql, after["runId"]) - before["endTime"], 1))
+    shown = f"launched {launch_gaps} s and started {gaps} s after the previous day ended"
+    assert max(launch_gaps) <= MAX_LAUNCH_GAP_S and max(gaps) <= MAX_GAP_S, shown
+
+    # In the topic: each day's messages, all of one day before any of the next.
+    records = read_topic(kafka_bootstrap_servers, FEED_TOPIC)
+    by_day: dict[str, list] = {}
+    for record in records:
+        by_day.setdefault(dict(record.headers)["source_day"].decode(), []).append(record)
+    expected = {day: min(PER_DAY, prepared_days[day]) for day in DAYS[:DAYS_WATCHED]}
+    assert {day: len(by_day.get(day, [])) for day in expected} == expected
+    spans = {day: (min(r.timestamp for r in rs), max(r.timestamp for r in rs)) for day, rs in by_day.items()}
+    for before, after in itertools.pairwise(DAYS[:DAYS_WATCHED]):
+        assert spans[before][1] < spans[after][0], spans
+        assert (spans[after][0] - spans[before][1]) / 1000 <= MAX_GAP_S + 5, spans
+    print(shown)
+
