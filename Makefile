@@ -3,7 +3,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-KAFKA_PORT ?= 9092
+# The local broker: plaintext on 9092, or secured (sasl_ssl, ssl, sasl_plaintext) on 9093.
+KAFKA_SECURITY ?= plaintext
+KAFKA_PORT ?= $(if $(filter plaintext,$(KAFKA_SECURITY)),9092,9093)
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
 .PHONY: setup demo dev test test-unit kafka-up kafka-down kafka-status bench-prepare bench-replay bench screenshots data clean
@@ -32,14 +34,15 @@ test: setup
 test-unit: setup
 	$(PY) -m pytest -m "not integration and not e2e"
 
+# Secured: stdout is only `export KAFKA_...` lines: eval "$$(make -s kafka-up KAFKA_SECURITY=sasl_ssl)"
 kafka-up:
-	$(PYTHON) scripts/local_kafka.py up --port $(KAFKA_PORT)
+	@$(PYTHON) scripts/local_kafka.py up --port $(KAFKA_PORT) --security $(KAFKA_SECURITY)
 
 kafka-down:
-	$(PYTHON) scripts/local_kafka.py down
+	$(PYTHON) scripts/local_kafka.py down --security $(KAFKA_SECURITY)
 
 kafka-status:
-	$(PYTHON) scripts/local_kafka.py status
+	$(PYTHON) scripts/local_kafka.py status --security $(KAFKA_SECURITY)
 
 # Re-generate the committed sample log (deterministic: the same bytes every time).
 data: setup
@@ -58,4 +61,4 @@ screenshots: setup
 	$(PY) scripts/screenshots.py
 
 clean:
-	rm -rf $(VENV) .kafka benchmarks/out
+	rm -rf $(VENV) .kafka .kafka-* benchmarks/out
