@@ -40,16 +40,19 @@ LOGINS = {
 
 
 def _users(lk) -> dict[str, list]:
-    """User -> the ACLs granted (besides ``replayer``, which the broker start grants itself)."""
+    """User -> the ACLs granted. ``replayer`` is granted by the broker start itself, as
+    ``local_kafka.py up`` does: the exactly_once ACLs and reading the topic back."""
     exactly_once = lk.replay_acls("exactly_once", TOPIC_PREFIX, topic_pattern="prefixed")
     at_least_once = lk.replay_acls("at_least_once", TOPIC_PREFIX, topic_pattern="prefixed")
     read = lk.reader_acls(TOPIC_PREFIX, topic_pattern="prefixed")
     return {
-        # exactly the README's ACLs for each delivery mode (+ reading the topic back)
-        "eo-replayer": exactly_once + read,
-        "alo-replayer": at_least_once + read,
+        # exactly the README's ACLs for each delivery mode, nothing else
+        "eo-replayer": exactly_once,
+        "alo-replayer": at_least_once,
+        # reads the replays back (clickstream-tail)
+        "reader": read,
         # everything exactly_once needs except WRITE on the replay's topic
-        "no-write": [acl for acl in exactly_once if acl[:2] != ("topic", TOPIC_PREFIX) or acl[3] != "WRITE"] + read,
+        "no-write": [acl for acl in exactly_once if acl[:2] != ("topic", TOPIC_PREFIX) or acl[3] != "WRITE"],
     }
 
 

@@ -53,11 +53,14 @@ def kafka_resource(kafka_config: dict, client: str) -> KafkaResource:
     return KafkaResource(**kafka_config)
 
 
-def run_replay(prepared, instance, kafka: KafkaResource, **config):
+def run_replay(prepared, instance, kafka: KafkaResource, *, check: bool = False, **config):
+    """The replay asset (and with ``check`` its asset check, which reads the replay back with
+    the same credentials) on a temporary instance."""
     started = time.monotonic()
+    steps = [replay.click_data, replay.delivered_exactly_once] if check else [replay.click_data]
     result = materialize(
-        [prepare.clickstream_events, replay.click_data],
-        selection=[replay.click_data],
+        [prepare.clickstream_events, *steps],
+        selection=steps,
         resources=prepared | {"kafka": kafka},
         instance=instance,
         partition_key=DAY,
@@ -111,7 +114,19 @@ def test_a_replay_through_each_login_is_read_back_in_full_by_the_tail(
     rows = day_rows(prepared)
     [mat] = result.asset_materializations_for_node("click_data")
     assert mat.metadata["messages"].value == rows.height
-    assert_every_row_once(read_back(secured_kafka.env(login, "eo-replayer"), secured_topic), rows)
+    assert_every_row_once(read_back(secured_kafka.env(login, "reader"), secured_topic), rows)
+
+
+def test_the_asset_check_reads_the_replay_back_with_the_replay_users_credentials(
+    prepared, secured_kafka, secured_topic, dagster_instance, client
+):
+    # replayer: what `local_kafka.py up` grants, the replay's ACLs plus READ on the topic.
+    kafka = kafka_resource(secured_kafka.resource_config("sasl_ssl-scram512", "replayer"), client)
+    result, _ = run_replay(prepared, dagster_instance, kafka, check=True, topic=secured_topic)
+    assert result.success, failure_message(result)
+    [check] = result.get_asset_check_evaluations()
+    assert check.passed, check.metadata
+    assert check.metadata["messages_found"].value == day_rows(prepared).height
 
 
 def test_the_at_least_once_acls_suffice_for_at_least_once_only(
@@ -120,7 +135,7 @@ def test_the_at_least_once_acls_suffice_for_at_least_once_only(
     kafka = kafka_resource(secured_kafka.resource_config("sasl_ssl-scram512", "alo-replayer"), client)
     result, _ = run_replay(prepared, dagster_instance, kafka, topic=secured_topic, delivery="at_least_once")
     assert result.success, failure_message(result)
-    assert_every_row_once(read_back(secured_kafka.env("sasl_ssl-scram512", "alo-replayer"), secured_topic), day_rows(prepared))
+    assert_every_row_once(read_back(secured_kafka.env("sasl_ssl-scram512", "reader"), secured_topic), day_rows(prepared))
 
     # Without rights on the transactional id, exactly_once fails naming them, having sent nothing more.
     result, took_s = run_replay(prepared, dagster_instance, kafka, topic=secured_topic, delivery="exactly_once")
@@ -129,7 +144,7 @@ def test_the_at_least_once_acls_suffice_for_at_least_once_only(
     assert "TransactionalId" in message and "WRITE" in message and "not authorized" in message, message
     assert "alo-replayer" in message
     assert took_s < FAST_S
-    assert len(read_back(secured_kafka.env("sasl_ssl-scram512", "alo-replayer"), secured_topic)) == day_rows(prepared).height
+    assert len(read_back(secured_kafka.env("sasl_ssl-scram512", "reader"), secured_topic)) == day_rows(prepared).height
 
 
 @pytest.mark.parametrize("delivery", ["exactly_once", "at_least_once"])
@@ -216,7 +231,7 @@ def test_a_tls_client_without_a_certificate_on_the_mutual_tls_listener_fails_cle
 def test_the_password_appears_in_no_storage_log_or_process_list(secured_kafka, secured_topic, tmp_path):
     """A replay through the deployment's definitions (credentials via EnvVar), run by the
     dagster CLI on a real instance (SQLite storage, compute logs), as a deployment runs it."""
-    login, user, limit = "sasl_ssl-scram512", "eo-replayer", 150
+    login, user, limit = "sasl_ssl-scram512", "replayer", 150  # as `local_kafka.py up` grants it
     kafka_env = secured_kafka.env(login, user)
     password = kafka_env["KAFKA_SASL_PASSWORD"]
     home = tmp_path / "dagster_home"
@@ -242,7 +257,7 @@ def test_the_password_appears_in_no_storage_log_or_process_list(secured_kafka, s
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr[-3000:]
     # The credentials were used: the replay arrived.
-    assert len(read_back(kafka_env, secured_topic)) == n
+    assert len(read_back(secured_kafka.env(login, "reader"), secured_topic)) == n
 
     assert any("click_data" in lines for lines in command_lines)  # the samples saw the run
     assert not [lines for lines in command_lines if password in lines]
