@@ -3,9 +3,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-KAFKA_PORT ?= 9092
+# The local broker: plaintext on 9092, or secured (sasl_ssl, ssl, sasl_plaintext) on 9093.
+KAFKA_SECURITY ?= plaintext
+KAFKA_PORT ?= $(if $(filter plaintext,$(KAFKA_SECURITY)),9092,9093)
 # Where the local broker keeps its pid, config, log and data (`make dev`, `make kafka-*`).
-KAFKA_STATE_DIR ?= $(CURDIR)/.kafka
+KAFKA_STATE_DIR ?= $(CURDIR)/$(if $(filter plaintext,$(KAFKA_SECURITY)),.kafka,.kafka-$(KAFKA_SECURITY))
 DAGSTER_PORT ?= 3000
 export DAGSTER_PORT KAFKA_PORT KAFKA_STATE_DIR
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
@@ -45,14 +47,15 @@ test: setup
 test-unit: setup
 	$(PY) -m pytest -m "not integration and not e2e"
 
+# Secured: stdout is only `export KAFKA_...` lines: eval "$$(make -s kafka-up KAFKA_SECURITY=sasl_ssl)"
 kafka-up:
-	$(PYTHON) scripts/local_kafka.py up --port $(KAFKA_PORT) --state-dir "$(KAFKA_STATE_DIR)"
+	@$(PYTHON) scripts/local_kafka.py up --port $(KAFKA_PORT) --security $(KAFKA_SECURITY) --state-dir "$(KAFKA_STATE_DIR)"
 
 kafka-down:
-	$(PYTHON) scripts/local_kafka.py down --state-dir "$(KAFKA_STATE_DIR)"
+	$(PYTHON) scripts/local_kafka.py down --security $(KAFKA_SECURITY) --state-dir "$(KAFKA_STATE_DIR)"
 
 kafka-status:
-	$(PYTHON) scripts/local_kafka.py status --state-dir "$(KAFKA_STATE_DIR)"
+	$(PYTHON) scripts/local_kafka.py status --security $(KAFKA_SECURITY) --state-dir "$(KAFKA_STATE_DIR)"
 
 # Re-generate the committed sample log (deterministic: the same bytes every time).
 data: setup
@@ -71,4 +74,4 @@ screenshots: setup
 	$(PY) scripts/screenshots.py
 
 clean:
-	rm -rf $(VENV) .kafka benchmarks/out
+	rm -rf $(VENV) .kafka .kafka-* benchmarks/out

@@ -14,15 +14,22 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import (
+    AuthorizationError,
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
     InvalidProducerEpochError,
     InvalidTopicError,
+    KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     ProducerFencedError,
     TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailedError,
 )
 
-from clickstream_dagster.checkpoints import Checkpoint
+from clickstream_dagster.checkpoints import TRANSACTIONAL_ID_PREFIX, Checkpoint
+from clickstream_dagster.kafka_login import login_problem
 from clickstream_dagster.replay import CommitInDoubt, DeliveryError, ProducerFenced
 from clickstream_dagster.topics import ORIGINAL_TIME_SETTINGS, ORIGINAL_TIME_TOPIC_CONFIGS, original_time_problems
 
@@ -50,6 +57,10 @@ class BrokerUnavailable(RuntimeError):
 
 class TopicUnfit(RuntimeError):
     """The topic cannot take this replay as configured; the message names the setting and the fix."""
+
+
+class NotAuthorized(DeliveryError):
+    """The cluster refused this principal an operation (a missing ACL): retrying cannot help."""
 
 
 @dataclass(frozen=True)
@@ -100,12 +111,86 @@ class KafkaSettings:
                 config[key] = getattr(self, key)
         return config
 
+    @property
+    def principal(self) -> str:
+        """Who the cluster sees, as far as this client can tell (for messages; no secret)."""
+        if self.security_protocol.startswith("SASL"):
+            return f"user {self.sasl_username!r} ({self.sasl_mechanism})"
+        if self.ssl_certfile:
+            return f"the client certificate {self.ssl_certfile}"
+        return "this client (no credentials)"
+
+    def check_login(self) -> None:
+        """Fail at once, saying why, when the cluster refuses these credentials or this TLS
+        setup; a cluster that cannot be reached is left to the clients' own bounded wait."""
+        problem = login_problem(self)
+        if problem is not None:
+            raise BrokerUnavailable(f"Kafka at {self.bootstrap_servers} ({self.security_protocol}): {problem}")
+
+    def explain(self, error: BaseException) -> str:
+        """The cause of a client error for a person: the missing permission, the failed login."""
+        refused = _authorization_error(error)
+        if refused is not None:
+            return f"{self.principal} is not authorized: {_missing_permission(refused)} ({_error_text(refused)})"
+        if isinstance(error, KafkaTimeoutError | KafkaConnectionError) and self.security_protocol != "PLAINTEXT":
+            # kafka-python retries refused logins until its timeout and then reports none of them.
+            problem = login_problem(self)
+            if problem is not None:
+                return problem
+        return _error_text(error)
+
+    def not_authorized(self, error: BaseException, doing: str | None = None) -> NotAuthorized | None:
+        """``error`` (or its cause) as a ``NotAuthorized`` naming the missing ACL; None if it is
+        not an authorization failure."""
+        if _authorization_error(error) is None:
+            return None
+        return NotAuthorized(f"Kafka at {self.bootstrap_servers}: {doing or 'a request'} failed: {self.explain(error)}")
+
     def unavailable(self, doing: str, error: BaseException) -> BrokerUnavailable:
-        reason = str(error) if str(error).startswith(type(error).__name__) else f"{type(error).__name__}: {error}"
+        reason = self.explain(error)
+        if _authorization_error(error) is not None:
+            return BrokerUnavailable(f"Kafka at {self.bootstrap_servers} ({self.security_protocol}): {doing} failed: {reason}")
         return BrokerUnavailable(
             f"Kafka at {self.bootstrap_servers} ({self.security_protocol}): {doing} failed "
             f"within {self.connect_timeout_s:g} s: {reason}"
         )
+
+
+def _authorization_error(error: BaseException | None) -> AuthorizationError | None:
+    """The authorization failure behind ``error``: itself, an argument (kafka-python wraps a
+    transaction's first error in a plain KafkaError) or a cause."""
+    seen = 0
+    while error is not None and seen < 5:
+        if isinstance(error, AuthorizationError):
+            return error
+        for arg in getattr(error, "args", ()):
+            if isinstance(arg, AuthorizationError):
+                return arg
+        error, seen = error.__cause__, seen + 1
+    return None
+
+
+def _error_text(error: BaseException) -> str:
+    return str(error) if str(error).startswith(type(error).__name__) else f"{type(error).__name__}: {error}"
+
+
+def _missing_permission(error: AuthorizationError) -> str:
+    """The ACL to grant, by the kind of resource Kafka refused (README: Secured clusters)."""
+    if isinstance(error, TransactionalIdAuthorizationFailedError):
+        return (
+            f"it needs WRITE and DESCRIBE on TransactionalId prefix {TRANSACTIONAL_ID_PREFIX!r} for delivery "
+            "exactly_once (or replay with delivery at_least_once, which uses no transactional id)"
+        )
+    if isinstance(error, TopicAuthorizationFailedError):
+        return (
+            "it needs WRITE (and DESCRIBE) on the topic to replay into it, READ (and DESCRIBE) to read it, "
+            "CREATE to create it"
+        )
+    if isinstance(error, ClusterAuthorizationFailedError):
+        return "it needs an ACL on the cluster resource (IDEMPOTENT_WRITE for idempotent sends before Kafka 3.0)"
+    if isinstance(error, GroupAuthorizationFailedError):
+        return "it needs READ on the consumer group"
+    return "an ACL is missing"
 
 
 def ensure_topic(
@@ -129,6 +214,7 @@ def ensure_topic(
     settings are then read, and ``TopicUnfit`` raised, before anything is sent, if it
     would refuse, restamp or (unless ``allow_retention_deletes``) delete such records.
     """
+    settings.check_login()  # a refused login fails now, saying why, not after connect_timeout_s
     try:
         admin = KafkaAdminClient(**settings.client_config())
     except (KafkaError, OSError) as error:
@@ -306,9 +392,11 @@ class KafkaPublisher:
                 f"{doing}: fenced by a newer producer with transactional id "
                 f"{self.producer.config['transactional_id']!r} (another attempt of this replay took over)"
             )
+        if (refused := self.settings.not_authorized(error, doing)) is not None:
+            return refused
         if isinstance(error, KafkaTimeoutError):
             return DeliveryError(f"Kafka at {self.settings.bootstrap_servers}: {doing} timed out: {error}")
-        return DeliveryError(f"Kafka at {self.settings.bootstrap_servers}: {doing} failed: {type(error).__name__}: {error}")
+        return DeliveryError(f"Kafka at {self.settings.bootstrap_servers}: {doing} failed: {self.settings.explain(error)}")
 
 
 def _consumer(settings: KafkaSettings) -> KafkaConsumer:

@@ -272,6 +272,7 @@ class _Tail:
         from kafka.errors import KafkaError
 
         settings = self.settings
+        settings.check_login()  # a refused login fails now, saying why
         try:
             self.consumer = KafkaConsumer(
                 **settings.client_config(),

@@ -2,6 +2,7 @@
 
 import pytest
 from dagster import Failure
+from kafka.errors import KafkaTimeoutError, TopicAuthorizationFailedError, TransactionalIdAuthorizationFailedError
 
 from clickstream_dagster.kafka_client import KafkaSettings
 from clickstream_dagster.resources.kafka import KafkaResource
@@ -75,3 +76,26 @@ def test_without_variables_the_deployment_uses_a_local_plaintext_broker(monkeypa
         monkeypatch.delenv(variable, raising=False)
     resource = kafka_from_environment()
     assert (resource.bootstrap_servers, resource.security_protocol, resource.sasl_password) == ("localhost:9092", "PLAINTEXT", None)
+
+
+@pytest.mark.parametrize(
+    ("error", "named"),
+    [
+        (TransactionalIdAuthorizationFailedError(), "WRITE and DESCRIBE on TransactionalId prefix 'clickstream-replay-'"),
+        (TopicAuthorizationFailedError({"click-data"}), "WRITE (and DESCRIBE) on the topic"),
+    ],
+)
+def test_an_authorization_error_names_the_principal_and_the_missing_permission(error, named):
+    settings = KafkaSettings("b:9093", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", sasl_username="u", sasl_password="s3cret")
+    message = str(settings.unavailable("starting the producer", error))
+    assert "user 'u' (SCRAM-SHA-512) is not authorized" in message and named in message
+    assert "within" not in message  # refused, not timed out
+    assert "s3cret" not in message
+
+
+def test_a_plaintext_timeout_is_not_diagnosed_as_a_login_problem(local_kafka):
+    # Nothing listens there: no login to diagnose, the timeout stays the reason.
+    dead = f"127.0.0.1:{local_kafka.free_port()}"
+    settings = KafkaSettings(dead, security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="u", sasl_password="p")
+    assert settings.explain(KafkaTimeoutError("Unable to bootstrap")) == "KafkaTimeoutError: Unable to bootstrap"
+    settings.check_login()  # does not raise: an unreachable cluster is the clients' timeout to report

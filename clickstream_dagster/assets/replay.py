@@ -42,7 +42,7 @@ from clickstream_dagster.checkpoints import (
     plan_replay,
     transactional_id,
 )
-from clickstream_dagster.kafka_client import BrokerUnavailable, KafkaPublisher, TopicUnfit
+from clickstream_dagster.kafka_client import BrokerUnavailable, KafkaPublisher, NotAuthorized, TopicUnfit
 from clickstream_dagster.pacing import Pacing, PacingError, send_offsets
 from clickstream_dagster.partitions import clickstream_days
 from clickstream_dagster.readback import verify_replay
@@ -347,14 +347,16 @@ def click_data(
             paced=pacing.is_paced,
             timing=ReplayTiming(progress_every_s=config.progress_interval_s, delivery_timeout_s=kafka.delivery_timeout_s),
         )
-    except (DeliveryError, BrokerUnavailable, ReplayStopped) as error:
+    except (DeliveryError, BrokerUnavailable, ReplayStopped) as caught:
+        # A message the broker refused for a missing ACL: say which, and do not retry.
+        error = caught if isinstance(caught, NotAuthorized) else kafka.settings().not_authorized(caught, f"sending to {config.topic!r}") or caught
         doubt = f", {progress.in_doubt} more in a commit the broker never confirmed" if progress.in_doubt else ""
         message = (
             f"replay of {day} into {config.topic!r} at {kafka.bootstrap_servers} failed: {error}. "
             f"{progress.delivered} messages delivered by this attempt ({progress.acked} acknowledged{doubt}); "
             f"committed through row {progress.next_row} of {len(messages)}."
         )
-        transient = not isinstance(error, ReplayStopped | ProducerFenced)
+        transient = not isinstance(error, ReplayStopped | ProducerFenced | NotAuthorized)
         if transient and context.retry_number < STEP_RETRIES:
             # Safe since checkpoints: the retry resumes from the last committed row.
             context.log.warning(f"{message} Retrying (attempt {context.retry_number + 2} of {STEP_RETRIES + 1}).")
@@ -432,7 +434,7 @@ def _claim_topic(
             publisher.close()
             raise Failure(
                 f"replay of {day} into {config.topic!r} could not claim the topic: {error}",
-                allow_retries=not isinstance(error, ProducerFenced),
+                allow_retries=not isinstance(error, ProducerFenced | NotAuthorized),
             ) from error
 
 
