@@ -9,6 +9,7 @@ Optional: installed with ``pip install 'clickstream-dagster[librdkafka]'`` and c
 
 from __future__ import annotations
 
+import time
 import warnings
 
 try:
@@ -78,12 +79,13 @@ class LibrdkafkaDelivery:
     (``is_done``, ``failed()``, ``exception``, ``value.partition/.offset``, ``add_callback``).
     Filled by librdkafka's delivery callback, served from ``poll``/``flush``/commits."""
 
-    __slots__ = ("is_done", "exception", "partition", "offset", "_callbacks")
+    __slots__ = ("is_done", "exception", "partition", "offset", "acked_at", "_callbacks", "_sent_at")
 
     def __init__(self) -> None:
         self.is_done = False
         self.exception: BaseException | None = None
         self._callbacks: list | None = None
+        self.acked_at: float | None = None  # time.monotonic() of the acknowledgement, when watched
 
     def failed(self) -> bool:
         return self.exception is not None
@@ -93,17 +95,16 @@ class LibrdkafkaDelivery:
         return self  # .partition, .offset
 
     def add_callback(self, fn, *args) -> LibrdkafkaDelivery:
-        """``fn(*args, metadata)`` once the broker acknowledged the message."""
+        """``fn(*args, metadata)`` once the broker acknowledged the message; ``metadata.acked_at``
+        says when (reports are handed over at the next poll, which may come later)."""
         if self.is_done:
             if self.exception is None:
                 fn(*args, self)
+        elif self._callbacks is None:
+            self._callbacks, self._sent_at = [(fn, args)], time.monotonic()
         else:
-            (self._callbacks if self._callbacks is not None else self._set_callbacks()).append((fn, args))
+            self._callbacks.append((fn, args))
         return self
-
-    def _set_callbacks(self) -> list:
-        self._callbacks = []
-        return self._callbacks
 
     def _report(self, error, message) -> None:
         if error is not None:
@@ -112,6 +113,8 @@ class LibrdkafkaDelivery:
             self.partition, self.offset = message.partition(), message.offset()
         self.is_done = True
         if self._callbacks and error is None:
+            latency = message.latency()  # produce() to acknowledgement, measured by librdkafka
+            self.acked_at = self._sent_at + latency if latency is not None else time.monotonic()
             for fn, args in self._callbacks:
                 fn(*args, self)
 

@@ -412,8 +412,10 @@ def _send_at_max_pace(
         report(now)
 
 
-def _stamp(times: np.ndarray, j: int, clock: Callable[[], float], _metadata) -> None:
-    times[j] = clock()
+def _stamp(times: np.ndarray, j: int, clock: Callable[[], float], metadata) -> None:
+    # A client that hands reports over later than they arrived (librdkafka serves them
+    # from the next poll) says when the broker acknowledged: ``acked_at``, on ``clock``.
+    times[j] = getattr(metadata, "acked_at", None) or clock()
 
 
 def progress_line(progress: ReplayProgress, offsets_s: np.ndarray, now_s: float | None = None) -> str:

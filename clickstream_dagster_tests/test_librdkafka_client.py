@@ -2,6 +2,7 @@
 
 import importlib
 import sys
+import time
 
 import pytest
 from confluent_kafka import Producer
@@ -63,6 +64,9 @@ def test_a_delivery_report_reads_like_kafka_pythons_future():
         def offset(self):
             return 41
 
+        def latency(self):
+            return 0.004
+
     delivery, seen = LibrdkafkaDelivery(), []
     delivery.add_callback(seen.append)
     assert not delivery.is_done
@@ -70,6 +74,8 @@ def test_a_delivery_report_reads_like_kafka_pythons_future():
     assert delivery.is_done and not delivery.failed()
     assert (delivery.value.partition, delivery.value.offset) == (2, 41)
     assert seen == [delivery]
+    # When the broker acknowledged, whenever the report is handed over: sent + librdkafka's latency.
+    assert delivery.acked_at == pytest.approx(time.monotonic(), abs=1.0)
     delivery.add_callback(seen.append)  # already done: called at once
     assert len(seen) == 2
 

@@ -172,19 +172,21 @@ def test_kill_9_of_the_process_group_then_resume_delivers_every_row_exactly_once
     assert len(set(run_ids)) == 2
 
 
-def test_a_zombie_producer_is_fenced_when_the_next_attempt_starts(kafka_bootstrap_servers, topic, client):
+@pytest.mark.parametrize("successor_client", ["kafka-python", "librdkafka"])
+def test_a_zombie_producer_is_fenced_when_the_next_attempt_starts(kafka_bootstrap_servers, topic, client, successor_client):
+    """Whichever client the zombie and the next attempt use: the fence is the broker's."""
     settings = KafkaSettings(bootstrap_servers=kafka_bootstrap_servers)
     KafkaResource(bootstrap_servers=kafka_bootstrap_servers).ensure_topic(topic)
 
-    def publisher():
+    def publisher(client):
         kind = LibrdkafkaPublisher if client == "librdkafka" else KafkaPublisher
         return kind(settings, topic, [], checkpoint_topic=DEFAULT_CHECKPOINT_TOPIC, transactional_id=transactional_id(topic), delivery_timeout_s=10)
 
-    zombie = publisher()
+    zombie = publisher(client)
     zombie.send(b"k", b'{"n": 1}', None)
     zombie.commit(b"zombie-test", b"{}", 10)
     zombie.send(b"k", b'{"n": 2}', None)  # in flight when the next attempt starts
-    successor = publisher()
+    successor = publisher(successor_client)
     with pytest.raises(ProducerFenced, match="fenced by a newer producer"):
         zombie.send(b"k", b'{"n": 3}', None)
         zombie.commit(b"zombie-test", b"{}", 10)
