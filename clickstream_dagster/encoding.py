@@ -45,6 +45,11 @@ class EncodedMessages:
     def value(self, i: int, replay_time_ns: int) -> bytes:
         return self.prefixes[i] + _replay_time_text(replay_time_ns // self.divisor) + self.suffixes[i]
 
+    def values(self, start: int, stop: int, replay_time_ns: int) -> list[bytes]:
+        """``value(i, replay_time_ns)`` for ``start <= i < stop``: one replay time, as max pacing sends them."""
+        middle = _replay_time_text(replay_time_ns // self.divisor)
+        return [prefix + middle + suffix for prefix, suffix in zip(self.prefixes[start:stop], self.suffixes[start:stop])]
+
 
 @functools.lru_cache(maxsize=1)
 def _replay_time_text(replay_time: int) -> bytes:

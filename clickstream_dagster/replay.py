@@ -387,25 +387,22 @@ def _send_at_max_pace(
     The same accounting as the paced loop, batched: nothing is scheduled, so the clock is
     read once per batch (the hand-off time and the replay time in the values are the
     batch's), and deliveries, commits and progress are looked at between batches."""
-    keys, value, send, append = messages.keys, messages.value, publisher.send, pending.append
+    keys, send, append = messages.keys, publisher.send, pending.append
     stamps = record_timestamps_ms if record_timestamps_ms is not None else [None] * (start_row + count)
     lateness = progress.lateness_s
     for first in range(0, count, MAX_PACE_BATCH):
         last = min(first + MAX_PACE_BATCH, count)
-        replay_ns = now_ns()
         lateness[first:last] = clock() - start  # hand-off time: commit_due measures waits from it
+        rows = slice(start_row + first, start_row + last)
+        values = messages.values(rows.start, rows.stop, now_ns())
         try:
-            for j in range(first, last):
-                i = start_row + j
-                v = value(i, replay_ns)
-                append((send(keys[i], v, stamps[i]), len(v), j))
+            for j, key, value, stamp in zip(range(first, last), keys[rows], values, stamps[rows]):
+                append((send(key, value, stamp), len(value), j))
         finally:
             # What was handed over, even if a send failed mid-batch.
             progress.sent = pending[-1][2] + 1 if pending and pending[-1][2] >= first else first
         if first < progress.keep_first:
-            progress.first_messages += [
-                (keys[start_row + j], value(start_row + j, replay_ns)) for j in range(first, min(last, progress.keep_first))
-            ]
+            progress.first_messages += list(zip(keys[rows], values))[: progress.keep_first - first]
         settle(False)
         now = clock()
         checkpoint_if_due(now)
@@ -414,7 +411,8 @@ def _send_at_max_pace(
 
 def _stamp(times: np.ndarray, j: int, clock: Callable[[], float], metadata) -> None:
     # A client that hands reports over later than they arrived (librdkafka serves them
-    # from the next poll) says when the broker acknowledged: ``acked_at``, on ``clock``.
+    # from the next poll) says when the broker acknowledged: ``acked_at``, on
+    # time.monotonic (the loop's clock outside unit tests, which never use such a client).
     times[j] = getattr(metadata, "acked_at", None) or clock()
 
 
