@@ -15,6 +15,8 @@ candidates' order; medians):
   ``send_offsets`` (timed apart, as the encoding time), then ``run_replay`` through a
   ``KafkaPublisher`` (idempotent, acks=all, linger 5 ms, the run's headers); timed
   from the first send to the last acknowledgement (``ReplayProgress.elapsed_s``).
+* **librdkafka replay**: the same ``run_replay`` through a ``LibrdkafkaPublisher``
+  (confluent-kafka, the same producer settings), exactly_once and at_least_once.
 * **bare**: a plain kafka-python loop over the same messages, pre-encoded (values
   built before the clock starts), through the same ``KafkaProducer`` settings (the
   publisher's own producer), same headers, then ``flush()``.
@@ -22,7 +24,7 @@ candidates' order; medians):
   same headers and ``enable.idempotence=true acks=all linger.ms=5``, murmur2
   partitioner; timed as the whole process (start, connect, send, wait for acks).
 
-Timing fidelity (``run_replay`` + ``KafkaPublisher``; lateness = actual - scheduled send
+Timing fidelity (``run_replay`` + ``KafkaPublisher``, and again + ``LibrdkafkaPublisher``; lateness = actual - scheduled send
 time, from ``ReplayProgress.figures_ms()``; delivery latency = confirmed commit - scheduled time):
 
 * original pacing at speed 200: the first messages of the day that cover
@@ -60,6 +62,7 @@ from clickstream_dagster.checkpoints import DEFAULT_CHECKPOINT_TOPIC, Checkpoint
 from clickstream_dagster.cleaning import inspect_log, stage_log
 from clickstream_dagster.encoding import encode_messages, replay_headers
 from clickstream_dagster.kafka_client import KafkaPublisher, KafkaSettings, ensure_topic
+from clickstream_dagster.librdkafka_client import LibrdkafkaPublisher
 from clickstream_dagster.pacing import Pacing, send_offsets
 from clickstream_dagster.partitions import DATASET_WINDOW
 from clickstream_dagster.replay import ReplayProgress, progress_line, run_replay
@@ -78,6 +81,7 @@ TARGET_DRIFT_MS = 50.0
 TARGET_P99_MS = 10.0
 TARGET_INTERVAL_ERROR = 0.01
 TARGET_EOS_VS_ALO = 0.90  # exactly_once keeps at least 90% of at_least_once's rate at max pacing
+TARGET_RDK_VS_KCAT = 0.50  # the librdkafka replay at max pacing, against kcat on the same broker
 TARGET_DELIVERY_P99_MS = 25.0  # fixed 20 ms, exactly_once: readable within 25 ms of its slot
 
 
@@ -151,16 +155,18 @@ class Topics:
 # ----------------------------------------------------------------------------- candidates
 
 
-def run_project_replay(settings, topics, events, pacing, label, delivery="exactly_once") -> dict:
-    """encode_messages + send_offsets + run_replay through a KafkaPublisher, checkpoints
-    committed as the asset commits them (in the transaction with exactly_once)."""
+def run_project_replay(settings, topics, events, pacing, label, delivery="exactly_once", client="kafka-python") -> dict:
+    """encode_messages + send_offsets + run_replay through a KafkaPublisher (or a
+    LibrdkafkaPublisher), checkpoints committed as the asset commits them (in the
+    transaction with exactly_once)."""
     t0 = time.perf_counter()
     messages = encode_messages(events, "json")
     offsets = send_offsets(events["original_timestamp"].to_numpy(), pacing)
     encode_s = time.perf_counter() - t0
     topic = topics.fresh(label)
     tid = transactional_id(topic) if delivery == "exactly_once" else None
-    publisher = KafkaPublisher(
+    publisher_class = LibrdkafkaPublisher if client == "librdkafka" else KafkaPublisher
+    publisher = publisher_class(
         settings, topic, replay_headers(DAY, uuid.uuid4().hex), checkpoint_topic=DEFAULT_CHECKPOINT_TOPIC, transactional_id=tid
     )
 
@@ -264,7 +270,8 @@ def render(r: dict) -> str:
         (
             f"`make bench-replay` (= `.venv/bin/python benchmarks/bench_replay.py`), run {r['date']} on "
             f"{m['nproc']} cores ({m['cpu']}), shared with other work ({load}); "
-            f"kafka-python {r['versions']['kafka-python']}, {r['broker']}, {r['kcat_version'] or 'no kcat'}; "
+            f"kafka-python {r['versions']['kafka-python']}, confluent-kafka {r['versions']['confluent-kafka']}, "
+            f"{r['broker']}, {r['kcat_version'] or 'no kcat'}; "
             f"code at `{m['rev']}`. Total benchmark time {r['total_s'] / 60:.1f} min."
         ),
         "",
@@ -285,6 +292,8 @@ def render(r: dict) -> str:
     for name, label in (
         ("replay", "project replay, exactly_once (transactions, checkpoint every ~100 ms)"),
         ("replay_alo", "project replay, at_least_once (idempotent, checkpoints, no transactions)"),
+        ("rdk", "project replay on librdkafka (`client: librdkafka`), exactly_once"),
+        ("rdk_alo", "project replay on librdkafka, at_least_once"),
         ("bare", "bare kafka-python loop, pre-encoded, then `flush()`"),
         ("kcat", "`kcat -P -K<TAB>` from a file (whole process)"),
     ):
@@ -302,7 +311,13 @@ def render(r: dict) -> str:
     rounds = ", ".join(f"{x * 100:+.0f}%" for x in overhead["all"])
     kcat_line = (
         f" kcat sends {tp['kcat_vs_bare']:.1f}x the bare loop's rate: the gap is kafka-python's "
-        "per-message Python path, not the broker."
+        "per-message Python path, not the broker. On librdkafka the replay reaches "
+        f"**{tp['rdk_vs_kcat']['median'] * 100:.0f}%** of kcat's rate with exactly_once and "
+        f"**{tp['rdk_alo_vs_kcat']['median'] * 100:.0f}%** with at_least_once (medians of side-by-side rounds: "
+        + ", ".join(f"{x * 100:.0f}%" for x in tp["rdk_vs_kcat"]["all"])
+        + "; "
+        + ", ".join(f"{x * 100:.0f}%" for x in tp["rdk_alo_vs_kcat"]["all"])
+        + ")."
         if tp.get("kcat")
         else ""
     )
@@ -317,7 +332,7 @@ def render(r: dict) -> str:
         + kcat_line,
         "",
         (
-            f"Timing fidelity (`run_replay` + `KafkaPublisher`, exactly_once, {fid['runs']} runs each; "
+            f"Timing fidelity (`run_replay`, exactly_once, on each client, {fid['runs']} runs each; "
             "medians, worst run in brackets; lateness = hand-off - scheduled time, delivery latency = "
             "commit confirmed - scheduled time, when a read_committed consumer can read it):"
         ),
@@ -329,8 +344,10 @@ def render(r: dict) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, label in (
-        ("original", f"original / speed {SPEED:g}"),
-        ("fixed", f"fixed {FIXED_INTERVAL_MS:g} ms"),
+        ("original", f"original / speed {SPEED:g}, kafka-python"),
+        ("fixed", f"fixed {FIXED_INTERVAL_MS:g} ms, kafka-python"),
+        ("original_rdk", f"original / speed {SPEED:g}, librdkafka"),
+        ("fixed_rdk", f"fixed {FIXED_INTERVAL_MS:g} ms, librdkafka"),
     ):
         runs = fid[name]
         cells = []
@@ -345,7 +362,7 @@ def render(r: dict) -> str:
             values = [x["lateness"][key] for x in runs]
             cells.append(f"{med(values):.{digits}f} ms ({max(values):.{digits}f})")
         interval = "-"
-        if name == "fixed":
+        if name.startswith("fixed"):
             iv = [x["mean_interval_ms"] for x in runs]
             worst_iv = max(iv, key=lambda v: abs(v - FIXED_INTERVAL_MS))
             interval = f"{med(iv):.3f} ms ({worst_iv:.3f})"
@@ -355,11 +372,25 @@ def render(r: dict) -> str:
         )
 
     def both(key: str) -> str:
-        o, f = t[key]["original"], t[key]["fixed"]
-        return f"original {o[0]:.2f} ms ({o[1]:.2f}); fixed {f[0]:.2f} ms ({f[1]:.2f})"
+        return "; ".join(
+            f"{label} {t[key][name][0]:.2f} ms ({t[key][name][1]:.2f})"
+            for name, label in (("original", "original"), ("fixed", "fixed"), ("original_rdk", "librdkafka original"),
+                                ("fixed_rdk", "librdkafka fixed"))
+        )
 
     first = fid["original"][0]
-    error = t["interval_error"]
+    error, error_rdk = t["interval_error"], t["interval_error_rdk"]
+    kcat_targets = (
+        [
+            (
+                f"| librdkafka replay at max pacing >= {TARGET_RDK_VS_KCAT * 100:.0f}% of kcat's rate "
+                f"| exactly_once {tp['rdk_vs_kcat']['median'] * 100:.0f}%, at_least_once "
+                f"{tp['rdk_alo_vs_kcat']['median'] * 100:.0f}% | {yes(t['rdk_rate'])} |"
+            )
+        ]
+        if tp.get("kcat")
+        else []
+    )
     lines += [
         "",
         (
@@ -387,8 +418,10 @@ def render(r: dict) -> str:
         f"| lateness p99 < {TARGET_P99_MS:g} ms | {both('p99_ms')} | {yes(t['p99'])} |",
         (
             f"| fixed mean interval within {TARGET_INTERVAL_ERROR * 100:g}% of {FIXED_INTERVAL_MS:g} ms "
-            f"| {error[0] * 100:.3f}% off ({error[1] * 100:.3f}%) | {yes(t['interval'])} |"
+            f"| kafka-python {error[0] * 100:.3f}% off ({error[1] * 100:.3f}%); librdkafka "
+            f"{error_rdk[0] * 100:.3f}% off ({error_rdk[1] * 100:.3f}%) | {yes(t['interval'])} |"
         ),
+        *kcat_targets,
         "",
         (
             "Targets are judged on the medians; the worst run is shown so that a noisy run is visible, "
@@ -412,7 +445,11 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     from importlib.metadata import version
 
-    versions = {"kafka-python": version("kafka-python"), "polars": version("polars")}
+    versions = {
+        "kafka-python": version("kafka-python"),
+        "confluent-kafka": version("confluent-kafka"),
+        "polars": version("polars"),
+    }
     print(
         f"machine: {info['nproc']} cores, {info['cpu']}, load {info['load'][0]:.1f}; code {info['rev']}",
         flush=True,
@@ -489,9 +526,9 @@ def measure(args, settings, topics, events: pl.DataFrame, kcat, work: Path) -> d
     original_events = events.head(n_original)
     fixed_events = events.head(FIXED_MESSAGES)
 
-    candidates = ["replay", "replay_alo", "bare"] + (["kcat"] if kcat else [])
+    candidates = ["replay", "replay_alo", "rdk", "rdk_alo", "bare"] + (["kcat"] if kcat else [])
     tp: dict[str, list] = {c: [] for c in candidates}
-    fid: dict[str, list] = {"original": [], "fixed": []}
+    fid: dict[str, list] = {"original": [], "fixed": [], "original_rdk": [], "fixed_rdk": []}
     rounds = max(args.runs, args.fidelity_runs)
     for i in range(rounds):
         if i < args.runs:
@@ -501,6 +538,12 @@ def measure(args, settings, topics, events: pl.DataFrame, kcat, work: Path) -> d
                     res = run_project_replay(settings, topics, events, Pacing(mode="max"), "max")
                 elif c == "replay_alo":
                     res = run_project_replay(settings, topics, events, Pacing(mode="max"), "max-alo", "at_least_once")
+                elif c == "rdk":
+                    res = run_project_replay(settings, topics, events, Pacing(mode="max"), "max-rdk", client="librdkafka")
+                elif c == "rdk_alo":
+                    res = run_project_replay(
+                        settings, topics, events, Pacing(mode="max"), "max-rdk-alo", "at_least_once", "librdkafka"
+                    )
                 elif c == "bare":
                     res = run_bare(settings, topics, keys, values, headers)
                 else:
@@ -515,8 +558,11 @@ def measure(args, settings, topics, events: pl.DataFrame, kcat, work: Path) -> d
             for name, evs, pacing in (
                 ("original", original_events, Pacing(mode="original", speed=SPEED)),
                 ("fixed", fixed_events, Pacing(mode="fixed", interval_ms=FIXED_INTERVAL_MS)),
+                ("original_rdk", original_events, Pacing(mode="original", speed=SPEED)),
+                ("fixed_rdk", fixed_events, Pacing(mode="fixed", interval_ms=FIXED_INTERVAL_MS)),
             ):
-                res = run_project_replay(settings, topics, evs, pacing, name)
+                client = "librdkafka" if name.endswith("_rdk") else "kafka-python"
+                res = run_project_replay(settings, topics, evs, pacing, name.replace("_", "-"), client=client)
                 fid[name].append(res)
                 lat = res["lateness"]
                 print(
@@ -541,6 +587,9 @@ def measure(args, settings, topics, events: pl.DataFrame, kcat, work: Path) -> d
         throughput["kcat_vs_bare"] = med([x["rate"] for x in tp["kcat"]]) / med(
             [x["rate"] for x in tp["bare"]]
         )
+        for c in ("rdk", "rdk_alo"):
+            ratios = [x["rate"] / k["rate"] for x, k in zip(tp[c], tp["kcat"], strict=True)]
+            throughput[f"{c}_vs_kcat"] = {"median": med(ratios), "all": ratios}
     else:
         throughput["kcat_note"] = "kcat not installed (`apt-get install kcat`)"
 
@@ -548,9 +597,10 @@ def measure(args, settings, topics, events: pl.DataFrame, kcat, work: Path) -> d
         values = [x["lateness"][key] for x in fid[name]]
         return med(values), max(values)
 
-    interval_errors = [
-        abs(x["mean_interval_ms"] - FIXED_INTERVAL_MS) / FIXED_INTERVAL_MS for x in fid["fixed"]
-    ]
+    interval_errors, interval_errors_rdk = (
+        [abs(x["mean_interval_ms"] - FIXED_INTERVAL_MS) / FIXED_INTERVAL_MS for x in fid[name]]
+        for name in ("fixed", "fixed_rdk")
+    )
     drift = {n: worst(n, "final_drift_ms") for n in fid}
     p99 = {n: worst(n, "lateness_p99_ms") for n in fid}
     delivery_p99 = {n: worst(n, "delivery_latency_p99_ms") for n in fid}
@@ -561,12 +611,15 @@ def measure(args, settings, topics, events: pl.DataFrame, kcat, work: Path) -> d
         "overhead": med(overheads) < TARGET_OVERHEAD,
         "drift": all(abs(v[0]) < TARGET_DRIFT_MS for v in drift.values()),
         "p99": all(v[0] < TARGET_P99_MS for v in p99.values()),
-        "interval": med(interval_errors) <= TARGET_INTERVAL_ERROR,
+        "interval": max(med(interval_errors), med(interval_errors_rdk)) <= TARGET_INTERVAL_ERROR,
+        "interval_error_rdk": (med(interval_errors_rdk), max(interval_errors_rdk)),
+        "rdk_rate": bool(kcat) and min(throughput["rdk_vs_kcat"]["median"], throughput["rdk_alo_vs_kcat"]["median"])
+        >= TARGET_RDK_VS_KCAT,
         "drift_ms": drift,
         "p99_ms": p99,
         "interval_error": (med(interval_errors), max(interval_errors)),
     }
-    all_runs = [x for c in candidates for x in tp[c]] + fid["original"] + fid["fixed"]
+    all_runs = [x for c in candidates for x in tp[c]] + [x for runs in fid.values() for x in runs]
     return {
         "day_rows": events.height,
         "mean_value_bytes": sum(map(len, values)) / len(values),

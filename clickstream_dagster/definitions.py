@@ -22,7 +22,7 @@ from dagster import Definitions, EnvVar
 
 from clickstream_dagster.assets import prepare, replay
 from clickstream_dagster.jobs import prepare_clickstream, replay_clickstream
-from clickstream_dagster.kafka_client import CREDENTIAL_FIELDS, ENVIRONMENT_VARIABLES
+from clickstream_dagster.kafka_client import CLIENT_VARIABLE, CREDENTIAL_FIELDS, ENVIRONMENT_VARIABLES
 from clickstream_dagster.resources.kafka import KafkaResource
 from clickstream_dagster.resources.log_file import DEFAULT_LOG_PATH, ClickstreamLogFile
 from clickstream_dagster.resources.parquet import DailyParquetIOManager
@@ -40,6 +40,8 @@ def kafka_from_environment() -> KafkaResource:
     if config.get("security_protocol", "PLAINTEXT").startswith("SASL"):
         # Read at run time and never shown: an unset variable fails the launch by name.
         config |= {field: EnvVar(ENVIRONMENT_VARIABLES[field]) for field in CREDENTIAL_FIELDS}
+    if os.environ.get(CLIENT_VARIABLE):
+        config["client"] = os.environ[CLIENT_VARIABLE]
     return KafkaResource(**config)
 
 

@@ -63,6 +63,11 @@ class EncodedMessages:
             return self.prefixes[i] + text + self.suffixes[i]
         return self.prefixes[i] + text + _shift_end_offset(self.suffixes[i], len(text) - self.time_digits)
 
+    def values(self, start: int, stop: int, replay_time_ns: int) -> list[bytes]:
+        """``value(i, replay_time_ns)`` for ``start <= i < stop``: one replay time, as max pacing sends them."""
+        middle = _replay_time_text(replay_time_ns // self.divisor)
+        return [prefix + middle + suffix for prefix, suffix in zip(self.prefixes[start:stop], self.suffixes[start:stop])]
+
 
 @functools.lru_cache(maxsize=1)
 def _replay_time_text(replay_time: int) -> bytes:

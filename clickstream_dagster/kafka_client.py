@@ -48,6 +48,9 @@ ENVIRONMENT_VARIABLES = {
     "ssl_certfile": "KAFKA_SSL_CERTFILE",
     "ssl_keyfile": "KAFKA_SSL_KEYFILE",
 }
+# The producer library, a setting of the Kafka resource rather than of the connection.
+CLIENT_VARIABLE = "KAFKA_CLIENT"
+CLIENTS = ("kafka-python", "librdkafka")
 CREDENTIAL_FIELDS = ("sasl_username", "sasl_password")
 
 

@@ -286,8 +286,28 @@ def run_replay(
             now = clock()
         return now
 
+    def checkpoint_if_due(now: float) -> None:
+        if commit_due(now, waiting=False):
+            commit(ReplayStatus.RUNNING)
+
+    def report(now: float) -> None:
+        nonlocal next_tenth, last_report
+        if progress.sent >= next_tenth or now - last_report >= timing.progress_every_s:
+            if now - last_report >= timing.progress_every_s / 6 or progress.sent == count:
+                progress.elapsed_s = now - start
+                on_progress(progress)
+                last_report = now
+            while next_tenth <= progress.sent:
+                next_tenth += tenth
+
     try:
-        for j in range(count):
+        if not paced:
+            # No schedule to keep: a loop of its own, with the clock and the checks once per batch.
+            _send_at_max_pace(
+                messages, publisher, start_row, count, record_timestamps_ms, progress, pending,
+                settle, checkpoint_if_due, report, start, clock, now_ns,
+            )
+        for j in range(0 if paced else count, count):  # paced: one message at a time, on time
             i = start_row + j
             due = start + due_s[j]
             now = wait_until(due) if paced else clock()
@@ -302,15 +322,8 @@ def run_replay(
                 progress.first_messages.append((messages.keys[i], value))
             progress.sent = j + 1
             settle(block=False)
-            if commit_due(now, waiting=False):
-                commit(ReplayStatus.RUNNING)
-            if progress.sent >= next_tenth or now - last_report >= timing.progress_every_s:
-                if now - last_report >= timing.progress_every_s / 6 or progress.sent == count:
-                    progress.elapsed_s = now - start
-                    on_progress(progress)
-                    last_report = now
-                while next_tenth <= progress.sent:
-                    next_tenth += tenth
+            checkpoint_if_due(now)
+            report(now)
         if not transactional:
             publisher.flush(timing.delivery_timeout_s)
             settle(block=True)
@@ -348,8 +361,59 @@ def run_replay(
     return progress
 
 
-def _stamp(times: np.ndarray, j: int, clock: Callable[[], float], _metadata) -> None:
-    times[j] = clock()
+# Max pacing: messages sent between two clock reads, delivery checks, commit checks and
+# progress checks. At 100k msgs/s a batch takes well under 1 ms, at 10k about 3 ms: far
+# below a commit every ~100 ms and a progress line every minute.
+MAX_PACE_BATCH = 32
+
+
+def _send_at_max_pace(
+    messages: EncodedMessages,
+    publisher: Publisher,
+    start_row: int,
+    count: int,
+    record_timestamps_ms: list[int] | None,
+    progress: ReplayProgress,
+    pending: deque,
+    settle: Callable[[bool], None],
+    checkpoint_if_due: Callable[[float], None],
+    report: Callable[[float], None],
+    start: float,
+    clock: Callable[[], float],
+    now_ns: Callable[[], int],
+) -> None:
+    """Send rows ``start_row..start_row + count`` as fast as the publisher takes them.
+
+    The same accounting as the paced loop, batched: nothing is scheduled, so the clock is
+    read once per batch (the hand-off time and the replay time in the values are the
+    batch's), and deliveries, commits and progress are looked at between batches."""
+    keys, send, append = messages.keys, publisher.send, pending.append
+    stamps = record_timestamps_ms if record_timestamps_ms is not None else [None] * (start_row + count)
+    lateness = progress.lateness_s
+    for first in range(0, count, MAX_PACE_BATCH):
+        last = min(first + MAX_PACE_BATCH, count)
+        lateness[first:last] = clock() - start  # hand-off time: commit_due measures waits from it
+        rows = slice(start_row + first, start_row + last)
+        values = messages.values(rows.start, rows.stop, now_ns())
+        try:
+            for j, key, value, stamp in zip(range(first, last), keys[rows], values, stamps[rows]):
+                append((send(key, value, stamp), len(value), j))
+        finally:
+            # What was handed over, even if a send failed mid-batch.
+            progress.sent = pending[-1][2] + 1 if pending and pending[-1][2] >= first else first
+        if first < progress.keep_first:
+            progress.first_messages += list(zip(keys[rows], values))[: progress.keep_first - first]
+        settle(False)
+        now = clock()
+        checkpoint_if_due(now)
+        report(now)
+
+
+def _stamp(times: np.ndarray, j: int, clock: Callable[[], float], metadata) -> None:
+    # A client that hands reports over later than they arrived (librdkafka serves them
+    # from the next poll) says when the broker acknowledged: ``acked_at``, on
+    # time.monotonic (the loop's clock outside unit tests, which never use such a client).
+    times[j] = getattr(metadata, "acked_at", None) or clock()
 
 
 def progress_line(progress: ReplayProgress, offsets_s: np.ndarray, now_s: float | None = None) -> str:

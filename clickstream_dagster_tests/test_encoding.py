@@ -107,3 +107,15 @@ def test_no_messages_for_an_empty_day():
 
 def test_headers_name_the_day_and_the_run():
     assert replay_headers("2012-03-01", "run-1") == [("source_day", b"2012-03-01"), ("dagster_run_id", b"run-1")]
+
+
+def test_values_of_a_range_equal_each_value_at_one_replay_time():
+    events = pl.DataFrame(
+        {"original_timestamp": [1330560000, 1330560001, 1330560002], "userId": ["a", "b", "c"], "ip": ["1", "2", "3"],
+         "productId": [None, "P", "Q"], "userAgent": ["UA", None, "UB"]}
+    )
+    for message_format in ("json", "quix"):
+        messages = encode_messages(events, message_format)
+        assert messages.values(1, 3, 1_700_000_000_123_456_789) == [
+            messages.value(i, 1_700_000_000_123_456_789) for i in (1, 2)
+        ]

@@ -9,6 +9,7 @@ import pytest
 from clickstream_dagster.encoding import encode_messages
 from clickstream_dagster.checkpoints import Checkpoint, ReplayStatus
 from clickstream_dagster.replay import (
+    MAX_PACE_BATCH,
     CommitInDoubt,
     DeliveryError,
     ProducerFenced,
@@ -317,6 +318,43 @@ def test_a_fenced_replay_writes_nothing_more():
     with pytest.raises(ProducerFenced):
         run_replay(messages(3), np.arange(3) * 1.0, publisher, checkpoint=writer(3), timing=timing(clock))
     assert publisher.aborts == 0 and publisher.checkpoints == []
+
+
+@pytest.mark.parametrize("transactional", [False, True])
+def test_max_pacing_reads_the_clocks_once_per_batch_and_accounts_for_every_message(transactional):
+    clock, reads = FakeClock(), []
+
+    def monotonic():
+        reads.append("monotonic")
+        return clock.now
+
+    def wall_clock_ns():
+        reads.append("wall")
+        return int(clock.now * 1e9)
+
+    n = 3200
+    publisher = MemoryPublisher(clock, transactional=transactional, send_cost_s=0.0001, commit_cost_s=0.005)
+    progress = run_replay(
+        messages(n), np.zeros(n), publisher, checkpoint=writer(n), paced=False,
+        timing=ReplayTiming(clock=monotonic, sleep=clock.sleep, wall_clock_ns=wall_clock_ns),
+    )
+    assert (progress.sent, progress.acked, progress.delivered) == (n, n, n)
+    assert len(reads) <= 3 * n / MAX_PACE_BATCH + 30  # not one per message
+    assert progress.offsets == {0: [0, n // 2 - 1], 1: [0, n // 2 - 1]}
+    assert progress.first_messages == [(key, value) for key, value, *_ in publisher.sent[:5]]
+    # Commits still come about every 100 ms of sending (0.32 s here), then the finished one.
+    assert 2 <= progress.commits <= 5
+    assert publisher.checkpoints[-1][1].status == ReplayStatus.FINISHED
+    assert publisher.checkpoints[-1][1].next_row == n
+
+
+def test_an_interrupted_max_paced_replay_counts_what_was_handed_over_mid_batch():
+    clock = FakeClock()
+    publisher = MemoryPublisher(clock, interrupt_at=MAX_PACE_BATCH + 5)
+    progress = ReplayProgress(total=0)
+    with pytest.raises(KeyboardInterrupt):
+        run_replay(messages(100), np.zeros(100), publisher, progress=progress, paced=False, timing=timing(clock))
+    assert (progress.sent, progress.acked, progress.delivered) == (MAX_PACE_BATCH + 5,) * 3
 
 
 def test_at_least_once_checkpoints_the_acknowledged_prefix():

@@ -21,6 +21,7 @@ from clickstream_dagster.assets import prepare, replay
 from clickstream_dagster.checkpoints import DEFAULT_CHECKPOINT_TOPIC, ReplayStatus, transactional_id
 from clickstream_dagster.generator import write_log
 from clickstream_dagster.kafka_client import KafkaPublisher, KafkaSettings, read_checkpoints
+from clickstream_dagster.librdkafka_client import LibrdkafkaPublisher
 from clickstream_dagster.replay import ProducerFenced
 from clickstream_dagster.resources.kafka import KafkaResource
 from clickstream_dagster.resources.log_file import ClickstreamLogFile
@@ -46,6 +47,12 @@ def prepared(tmp_path_factory):
         tags={"dagster/asset_partition_range_start": "2012-03-01", "dagster/asset_partition_range_end": "2012-03-15"},
     ).success
     return res
+
+
+@pytest.fixture(params=["kafka-python", "librdkafka"])
+def client(request):
+    """The producer library: every guarantee below holds for both."""
+    return request.param
 
 
 @pytest.fixture
@@ -111,10 +118,11 @@ def wait_for(condition, timeout_s: float, what: str, every_s: float = 0.2):
     raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
-def cli_replay(prepared, bootstrap: str, home: Path, day: str = DAY, **config) -> subprocess.Popen:
+def cli_replay(prepared, bootstrap: str, home: Path, day: str = DAY, client: str = "kafka-python", **config) -> subprocess.Popen:
     """``dagster asset materialize`` of one day, as a person runs it, in its own process group."""
     env = os.environ | {
         "DAGSTER_HOME": str(home),
+        "KAFKA_CLIENT": client,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "CLICKSTREAM_STORAGE_DIR": prepared["parquet_io_manager"].base_dir,
         "CLICKSTREAM_CSV": prepared["clickstream_log"].path,
@@ -141,9 +149,9 @@ def materialize_replay(prepared, kafka: KafkaResource, day: str = DAY, instance=
     )
 
 
-def test_kill_9_of_the_process_group_then_resume_delivers_every_row_exactly_once(prepared, kafka_bootstrap_servers, topic, tmp_path):
+def test_kill_9_of_the_process_group_then_resume_delivers_every_row_exactly_once(prepared, kafka_bootstrap_servers, topic, tmp_path, client):
     rows = day_rows(prepared)
-    first = cli_replay(prepared, kafka_bootstrap_servers, tmp_path / "home", topic=topic, pacing="fixed", interval_ms=3)
+    first = cli_replay(prepared, kafka_bootstrap_servers, tmp_path / "home", client=client, topic=topic, pacing="fixed", interval_ms=3)
     try:
         wait_for(lambda: (c := checkpoint_of(kafka_bootstrap_servers, topic)) and c.next_row >= 400, 90, "400 committed rows")
     finally:
@@ -152,7 +160,7 @@ def test_kill_9_of_the_process_group_then_resume_delivers_every_row_exactly_once
     killed_at = checkpoint_of(kafka_bootstrap_servers, topic)
     assert killed_at.status == ReplayStatus.RUNNING and killed_at.next_row < rows.height
 
-    second = cli_replay(prepared, kafka_bootstrap_servers, tmp_path / "home", topic=topic, pacing="max", resume=True)
+    second = cli_replay(prepared, kafka_bootstrap_servers, tmp_path / "home", client=client, topic=topic, pacing="max", resume=True)
     assert second.wait(180) == 0
     records = read_committed(kafka_bootstrap_servers, topic)
     assert_every_row_exactly_once(records, rows)
@@ -164,18 +172,21 @@ def test_kill_9_of_the_process_group_then_resume_delivers_every_row_exactly_once
     assert len(set(run_ids)) == 2
 
 
-def test_a_zombie_producer_is_fenced_when_the_next_attempt_starts(kafka_bootstrap_servers, topic):
+@pytest.mark.parametrize("successor_client", ["kafka-python", "librdkafka"])
+def test_a_zombie_producer_is_fenced_when_the_next_attempt_starts(kafka_bootstrap_servers, topic, client, successor_client):
+    """Whichever client the zombie and the next attempt use: the fence is the broker's."""
     settings = KafkaSettings(bootstrap_servers=kafka_bootstrap_servers)
     KafkaResource(bootstrap_servers=kafka_bootstrap_servers).ensure_topic(topic)
 
-    def publisher():
-        return KafkaPublisher(settings, topic, [], checkpoint_topic=DEFAULT_CHECKPOINT_TOPIC, transactional_id=transactional_id(topic), delivery_timeout_s=10)
+    def publisher(client):
+        kind = LibrdkafkaPublisher if client == "librdkafka" else KafkaPublisher
+        return kind(settings, topic, [], checkpoint_topic=DEFAULT_CHECKPOINT_TOPIC, transactional_id=transactional_id(topic), delivery_timeout_s=10)
 
-    zombie = publisher()
+    zombie = publisher(client)
     zombie.send(b"k", b'{"n": 1}', None)
     zombie.commit(b"zombie-test", b"{}", 10)
     zombie.send(b"k", b'{"n": 2}', None)  # in flight when the next attempt starts
-    successor = publisher()
+    successor = publisher(successor_client)
     with pytest.raises(ProducerFenced, match="fenced by a newer producer"):
         zombie.send(b"k", b'{"n": 3}', None)
         zombie.commit(b"zombie-test", b"{}", 10)
@@ -186,10 +197,10 @@ def test_a_zombie_producer_is_fenced_when_the_next_attempt_starts(kafka_bootstra
     assert [json.loads(r.value)["n"] for r in read_committed(kafka_bootstrap_servers, topic, settle_s=1)] == [1, 4]
 
 
-def test_a_second_replay_into_the_topic_waits_for_the_first_and_never_interleaves(prepared, kafka_bootstrap_servers, topic, tmp_path):
-    first = cli_replay(prepared, kafka_bootstrap_servers, tmp_path / "a", DAY, topic=topic, pacing="fixed", interval_ms=20, limit=1500)
+def test_a_second_replay_into_the_topic_waits_for_the_first_and_never_interleaves(prepared, kafka_bootstrap_servers, topic, tmp_path, client):
+    first = cli_replay(prepared, kafka_bootstrap_servers, tmp_path / "a", DAY, client=client, topic=topic, pacing="fixed", interval_ms=20, limit=1500)
     wait_for(lambda: checkpoint_of(kafka_bootstrap_servers, topic, DAY), 60, "the first replay's claim")
-    second = cli_replay(prepared, kafka_bootstrap_servers, tmp_path / "b", OTHER_DAY, topic=topic, pacing="max", limit=1500)
+    second = cli_replay(prepared, kafka_bootstrap_servers, tmp_path / "b", OTHER_DAY, client=client, topic=topic, pacing="max", limit=1500)
     # The second one waits while the first (30 s of schedule) holds the topic.
     wait_for(lambda: "waiting for the topic" in "".join(p.read_text() for p in (tmp_path / "b").glob("replay-*.log")), 60, "the second replay to wait")
     assert first.poll() is None, "the first replay ended before the second one started: nothing was tested"
@@ -203,9 +214,9 @@ def test_a_second_replay_into_the_topic_waits_for_the_first_and_never_interleave
     assert f"is being written by replay" in log and f"of {DAY}" in log
 
 
-def test_at_least_once_delivers_every_row_without_transactions(prepared, kafka_bootstrap_servers, topic):
+def test_at_least_once_delivers_every_row_without_transactions(prepared, kafka_bootstrap_servers, topic, client):
     rows = day_rows(prepared)
-    result = materialize_replay(prepared, KafkaResource(bootstrap_servers=kafka_bootstrap_servers), topic=topic, pacing="max", delivery="at_least_once")
+    result = materialize_replay(prepared, KafkaResource(bootstrap_servers=kafka_bootstrap_servers, client=client), topic=topic, pacing="max", delivery="at_least_once")
     assert result.success
     assert_every_row_exactly_once(read_committed(kafka_bootstrap_servers, topic), rows)
     [mat] = result.asset_materializations_for_node("click_data")
@@ -228,8 +239,8 @@ def own_broker(local_kafka, tmp_path):
     broker.stop()
 
 
-def test_a_broker_killed_mid_replay_fails_the_run_within_the_bound_with_the_projects_message(prepared, own_broker, topic, dagster_instance):
-    kafka = KafkaResource(bootstrap_servers=own_broker.bootstrap_servers, connect_timeout_s=5, delivery_timeout_s=5)
+def test_a_broker_killed_mid_replay_fails_the_run_within_the_bound_with_the_projects_message(prepared, own_broker, topic, dagster_instance, client):
+    kafka = KafkaResource(bootstrap_servers=own_broker.bootstrap_servers, connect_timeout_s=5, delivery_timeout_s=5, client=client)
     outcome = {}
     thread = threading.Thread(
         target=lambda: outcome.setdefault("result", materialize_replay(prepared, kafka, instance=dagster_instance, topic=topic, pacing="fixed", interval_ms=5)),
@@ -256,9 +267,9 @@ def test_a_broker_killed_mid_replay_fails_the_run_within_the_bound_with_the_proj
     assert time.monotonic() - killed < 5 + 15 + 2 * (5 + 5) + 30
 
 
-def test_a_paused_broker_shows_in_the_delivery_latency_and_nothing_is_lost(prepared, own_broker, topic, dagster_instance):
+def test_a_paused_broker_shows_in_the_delivery_latency_and_nothing_is_lost(prepared, own_broker, topic, dagster_instance, client):
     rows = day_rows(prepared).head(1500)
-    kafka = KafkaResource(bootstrap_servers=own_broker.bootstrap_servers, connect_timeout_s=10, delivery_timeout_s=30)
+    kafka = KafkaResource(bootstrap_servers=own_broker.bootstrap_servers, connect_timeout_s=10, delivery_timeout_s=30, client=client)
     outcome = {}
     thread = threading.Thread(
         target=lambda: outcome.setdefault(
