@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 KAFKA_PORT ?= 9092
+DAGSTER_POSTGRES_VERSION := 0.29.27
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
 .PHONY: setup demo dev test test-unit kafka-up kafka-down kafka-status bench-prepare bench-replay bench screenshots data clean
@@ -14,6 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
+	@# dagster-postgres 0.29.27 pins dagster==1.13.27 (see pyproject.toml's deploy extra).
+	$(PY) -m pip install --quiet --no-deps "dagster-postgres==$(DAGSTER_POSTGRES_VERSION)"
 	touch $@
 
 # Broker up (unless KAFKA_BOOTSTRAP_SERVERS names one), 15 days prepared, one day replayed, read back.
