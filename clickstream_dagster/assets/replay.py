@@ -157,7 +157,7 @@ def _report(progress: ReplayProgress) -> dict:
 def _plan(kafka: KafkaResource, config: ReplayConfig, day: str, replay_id: str) -> ReplayPlan:
     """Where this replay starts; ``TopicBusy`` while another live replay holds the topic."""
     return plan_replay(
-        _checkpoints(kafka),
+        kafka.checkpoints(),
         topic=config.topic,
         day=day,
         replay_id=replay_id,
@@ -188,11 +188,15 @@ def _wait_for_topic(context: AssetExecutionContext, kafka: KafkaResource, config
             time.sleep(1.0 + random.random())
 
 
-def _checkpoints(kafka: KafkaResource) -> list[Checkpoint]:
-    try:
-        return kafka.checkpoints()
-    except BrokerUnavailable as error:
-        raise Failure(str(error), allow_retries=False) from error
+def _starting_failure(context: AssetExecutionContext, config: ReplayConfig, error: BaseException) -> Failure:
+    """A failure before anything was sent: the cluster or the topic, named, never retried."""
+    retried = (
+        f" (retry {context.retry_number} of {STEP_RETRIES}: the earlier attempts' reports are in this run's log, "
+        "and every row they committed stays committed: re-execute the run to resume)"
+        if context.retry_number
+        else ""
+    )
+    return Failure(f"replay of {context.partition_key} into {config.topic!r}: {error}{retried}", allow_retries=False)
 
 
 def _launcher_watch() -> Callable[[], str | None]:
@@ -259,7 +263,10 @@ def click_data(
             f"record_timestamp=original: records carry {day} timestamps; a topic with time-based "
             "retention (retention.ms) may delete them all at once"
         )
-    created = kafka.ensure_topic(config.topic)
+    try:
+        created = kafka.ensure_topic(config.topic)
+    except BrokerUnavailable as error:
+        raise _starting_failure(context, config, error) from error
     if events.height == 0:
         context.log.info(f"{day} has no page views: nothing to send")
         yield MaterializeResult(metadata={**settings, **numeric({"messages": 0}), "note": "empty day: 0 messages"})
@@ -368,7 +375,10 @@ def _claim_topic(
     the other's live claim backs off before sending anything, and waits again."""
     day = context.partition_key
     while True:
-        _wait_for_topic(context, kafka, config, replay_id)
+        try:
+            _wait_for_topic(context, kafka, config, replay_id)
+        except BrokerUnavailable as error:
+            raise _starting_failure(context, config, error) from error
         try:
             publisher = kafka.publisher(
                 config.topic,
@@ -376,7 +386,7 @@ def _claim_topic(
                 transactional_id=transactional_id(config.topic) if exactly_once else None,
             )
         except BrokerUnavailable as error:
-            raise Failure(str(error), allow_retries=False) from error
+            raise _starting_failure(context, config, error) from error
         try:
             plan = _plan(kafka, config, day, replay_id)
             publisher.commit(*checkpoint(plan.start_row, ReplayStatus.RUNNING), kafka.delivery_timeout_s)

@@ -74,26 +74,23 @@ class KafkaResource(ConfigurableResource):
 
     def ensure_topic(self, topic: str) -> bool:
         """True if the topic was created now (the checkpoint topic too, compacted, if missing);
-        a ``Failure`` naming the cluster if unusable."""
-        try:
-            settings = self.settings()
-            ensure_topic(
-                settings,
-                self.checkpoint_topic,
-                partitions=1,
-                replication_factor=self.topic_replication_factor,
-                create=self.create_topic,
-                topic_configs={"cleanup.policy": "compact"},
-            )
-            return ensure_topic(
-                settings,
-                topic,
-                partitions=self.topic_partitions,
-                replication_factor=self.topic_replication_factor,
-                create=self.create_topic,
-            )
-        except BrokerUnavailable as error:
-            raise Failure(str(error), allow_retries=False) from error
+        ``BrokerUnavailable`` naming the cluster if unusable."""
+        settings = self.settings()
+        ensure_topic(
+            settings,
+            self.checkpoint_topic,
+            partitions=1,
+            replication_factor=self.topic_replication_factor,
+            create=self.create_topic,
+            topic_configs={"cleanup.policy": "compact"},
+        )
+        return ensure_topic(
+            settings,
+            topic,
+            partitions=self.topic_partitions,
+            replication_factor=self.topic_replication_factor,
+            create=self.create_topic,
+        )
 
     def checkpoints(self) -> list[Checkpoint]:
         """Every replay's latest committed checkpoint (read_committed)."""

@@ -1,0 +1,275 @@
+"""Replays under faults, against a real broker: kill -9, zombies, a dead or paused broker, a
+second writer. Every claim is checked by reading the topic back with read_committed."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import polars as pl
+import pytest
+from dagster import materialize
+from kafka import KafkaConsumer, TopicPartition
+
+from clickstream_dagster.assets import prepare, replay
+from clickstream_dagster.checkpoints import DEFAULT_CHECKPOINT_TOPIC, ReplayStatus, transactional_id
+from clickstream_dagster.generator import write_log
+from clickstream_dagster.kafka_client import KafkaPublisher, KafkaSettings, read_checkpoints
+from clickstream_dagster.replay import ProducerFenced
+from clickstream_dagster.resources.kafka import KafkaResource
+from clickstream_dagster.resources.log_file import ClickstreamLogFile
+from clickstream_dagster.resources.parquet import DailyParquetIOManager
+
+pytestmark = pytest.mark.integration
+DAY, OTHER_DAY = "2012-03-05", "2012-03-06"
+DAGSTER = Path(sys.executable).parent / "dagster"
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("crash")
+    write_log(root / "clickstream.csv", rows=30000, seed=5)
+    storage = root / "parquet"
+    res = {
+        "clickstream_log": ClickstreamLogFile(path=str(root / "clickstream.csv")),
+        "parquet_io_manager": DailyParquetIOManager(base_dir=str(storage)),
+    }
+    assert materialize(
+        [prepare.clickstream_events],
+        resources=res,
+        tags={"dagster/asset_partition_range_start": "2012-03-01", "dagster/asset_partition_range_end": "2012-03-15"},
+    ).success
+    return res
+
+
+@pytest.fixture
+def topic():
+    return f"crash-{uuid.uuid4().hex[:10]}"
+
+
+def day_rows(prepared, day=DAY) -> pl.DataFrame:
+    return pl.read_parquet(f"{prepared['parquet_io_manager'].base_dir}/clickstream_events/{day}.parquet")
+
+
+def read_committed(bootstrap: str, topic: str, settle_s: float = 3.0, deadline_s: float = 60.0) -> list:
+    """Every committed record of the topic: polls until nothing new arrived for ``settle_s``."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        end = consumer.end_offsets(partitions)
+        records, quiet_since, stop = [], time.monotonic(), time.monotonic() + deadline_s
+        while time.monotonic() < stop:
+            batch = [r for rs in consumer.poll(timeout_ms=300).values() for r in rs]
+            records.extend(batch)
+            if batch:
+                quiet_since = time.monotonic()
+            caught_up = all(consumer.position(tp) >= end[tp] for tp in partitions)
+            if caught_up and time.monotonic() - quiet_since >= settle_s:
+                break
+        return records
+    finally:
+        consumer.close()
+
+
+def assert_every_row_exactly_once(records, rows: pl.DataFrame) -> None:
+    """The day's rows, each once, and each visitor's rows in their original order."""
+    fields = rows.columns
+    seen = [tuple(json.loads(r.value)[c] for c in fields) for r in records]
+    expected = [tuple(row) for row in rows.iter_rows()]
+    duplicates = len(seen) - len(set(seen))
+    assert duplicates == 0, f"{duplicates} rows delivered more than once"
+    assert sorted(seen, key=repr) == sorted(expected, key=repr)
+    by_key = defaultdict(list)
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        by_key[r.key.decode()].append(json.loads(r.value)["original_timestamp"])
+    expected_by_key = rows.group_by("userId", maintain_order=True).agg("original_timestamp")
+    assert dict(by_key) == {user: list(ts) for user, ts in expected_by_key.iter_rows()}
+
+
+def checkpoint_of(bootstrap: str, topic: str, day: str = DAY):
+    for checkpoint in read_checkpoints(KafkaSettings(bootstrap_servers=bootstrap), DEFAULT_CHECKPOINT_TOPIC):
+        if checkpoint.topic == topic and checkpoint.day == day:
+            return checkpoint
+    return None
+
+
+def wait_for(condition, timeout_s: float, what: str, every_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+def cli_replay(prepared, bootstrap: str, home: Path, day: str = DAY, **config) -> subprocess.Popen:
+    """``dagster asset materialize`` of one day, as a person runs it, in its own process group."""
+    env = os.environ | {
+        "DAGSTER_HOME": str(home),
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "CLICKSTREAM_STORAGE_DIR": prepared["parquet_io_manager"].base_dir,
+        "CLICKSTREAM_CSV": prepared["clickstream_log"].path,
+    }
+    home.mkdir(parents=True, exist_ok=True)
+    command = [
+        str(DAGSTER), "asset", "materialize", "-m", "clickstream_dagster.definitions", "--select", "click_data",
+        "--partition", day, "--config-json", json.dumps({"ops": {"click_data": {"config": config}}}),
+    ]
+    log = open(home / f"replay-{day}-{uuid.uuid4().hex[:6]}.log", "wb")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def materialize_replay(prepared, kafka: KafkaResource, day: str = DAY, instance=None, **config):
+    return materialize(
+        [prepare.clickstream_events, replay.click_data],
+        selection=[replay.click_data],
+        resources=prepared | {"kafka": kafka},
+        partition_key=day,
+        instance=instance,
+        run_config={"ops": {"click_data": {"config": config}}},
+        raise_on_error=False,
+    )
+
+
+def test_kill_9_of_the_process_group_then_resume_delivers_every_row_exactly_once(prepared, kafka_bootstrap_servers, topic, tmp_path):
+    rows = day_rows(prepared)
+    first = cli_replay(prepared, kafka_bootstrap_servers, tmp_path / "home", topic=topic, pacing="fixed", interval_ms=3)
+    try:
+        wait_for(lambda: (c := checkpoint_of(kafka_bootstrap_servers, topic)) and c.next_row >= 400, 90, "400 committed rows")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(10)
+    killed_at = checkpoint_of(kafka_bootstrap_servers, topic)
+    assert killed_at.status == ReplayStatus.RUNNING and killed_at.next_row < rows.height
+
+    second = cli_replay(prepared, kafka_bootstrap_servers, tmp_path / "home", topic=topic, pacing="max", resume=True)
+    assert second.wait(180) == 0
+    records = read_committed(kafka_bootstrap_servers, topic)
+    assert_every_row_exactly_once(records, rows)
+    final = checkpoint_of(kafka_bootstrap_servers, topic)
+    assert (final.status, final.next_row) == (ReplayStatus.FINISHED, rows.height)
+    # The killed attempt's open transaction was aborted, not delivered: everything before
+    # its last checkpoint came from it, everything after from the resumed one.
+    run_ids = [dict(r.headers)["dagster_run_id"] for r in sorted(records, key=lambda r: json.loads(r.value)["original_timestamp"])]
+    assert len(set(run_ids)) == 2
+
+
+def test_a_zombie_producer_is_fenced_when_the_next_attempt_starts(kafka_bootstrap_servers, topic):
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap_servers)
+    KafkaResource(bootstrap_servers=kafka_bootstrap_servers).ensure_topic(topic)
+
+    def publisher():
+        return KafkaPublisher(settings, topic, [], checkpoint_topic=DEFAULT_CHECKPOINT_TOPIC, transactional_id=transactional_id(topic), delivery_timeout_s=10)
+
+    zombie = publisher()
+    zombie.send(b"k", b'{"n": 1}', None)
+    zombie.commit(b"zombie-test", b"{}", 10)
+    zombie.send(b"k", b'{"n": 2}', None)  # in flight when the next attempt starts
+    successor = publisher()
+    with pytest.raises(ProducerFenced, match="fenced by a newer producer"):
+        zombie.send(b"k", b'{"n": 3}', None)
+        zombie.commit(b"zombie-test", b"{}", 10)
+    zombie.close(1)
+    successor.send(b"k", b'{"n": 4}', None)
+    successor.commit(b"zombie-test", b"{}", 10)
+    successor.close(5)
+    assert [json.loads(r.value)["n"] for r in read_committed(kafka_bootstrap_servers, topic, settle_s=1)] == [1, 4]
+
+
+def test_a_second_replay_into_the_topic_waits_for_the_first_and_never_interleaves(prepared, kafka_bootstrap_servers, topic, tmp_path):
+    first = cli_replay(prepared, kafka_bootstrap_servers, tmp_path / "a", DAY, topic=topic, pacing="fixed", interval_ms=20, limit=1500)
+    wait_for(lambda: checkpoint_of(kafka_bootstrap_servers, topic, DAY), 60, "the first replay's claim")
+    second = cli_replay(prepared, kafka_bootstrap_servers, tmp_path / "b", OTHER_DAY, topic=topic, pacing="max", limit=1500)
+    # The second one waits while the first (30 s of schedule) holds the topic.
+    wait_for(lambda: "waiting for the topic" in "".join(p.read_text() for p in (tmp_path / "b").glob("replay-*.log")), 60, "the second replay to wait")
+    assert first.poll() is None, "the first replay ended before the second one started: nothing was tested"
+    assert first.wait(120) == 0 and second.wait(180) == 0
+    records = sorted(read_committed(kafka_bootstrap_servers, topic), key=lambda r: (r.partition, r.offset))
+    for partition in {r.partition for r in records}:
+        days = [dict(r.headers)["source_day"].decode() for r in records if r.partition == partition]
+        # One run of each day per partition: the second replay started after the first ended.
+        assert days == sorted(days), f"partition {partition}: the two days interleave"
+    log = next((tmp_path / "b").glob("replay-*.log")).read_text()
+    assert f"is being written by replay" in log and f"of {DAY}" in log
+
+
+def test_at_least_once_delivers_every_row_without_transactions(prepared, kafka_bootstrap_servers, topic):
+    rows = day_rows(prepared)
+    result = materialize_replay(prepared, KafkaResource(bootstrap_servers=kafka_bootstrap_servers), topic=topic, pacing="max", delivery="at_least_once")
+    assert result.success
+    assert_every_row_exactly_once(read_committed(kafka_bootstrap_servers, topic), rows)
+    [mat] = result.asset_materializations_for_node("click_data")
+    assert mat.metadata["messages"].value == rows.height
+    assert checkpoint_of(kafka_bootstrap_servers, topic).status == ReplayStatus.FINISHED
+
+
+@pytest.fixture
+def own_broker(local_kafka, tmp_path):
+    """A broker of this test's own, to kill or pause."""
+    broker = local_kafka.start_broker(tmp_path / "broker", local_kafka.free_port(), timeout_s=90, cache_dir=local_kafka.REPO_ROOT / ".kafka")
+    yield broker
+    with_signal = getattr(signal, "SIGCONT")
+    try:
+        os.kill(broker.pid, with_signal)
+    except ProcessLookupError:
+        pass
+    broker.stop()
+
+
+def test_a_broker_killed_mid_replay_fails_the_run_within_the_bound_with_the_projects_message(prepared, own_broker, topic, dagster_instance):
+    kafka = KafkaResource(bootstrap_servers=own_broker.bootstrap_servers, connect_timeout_s=5, delivery_timeout_s=5)
+    outcome = {}
+    thread = threading.Thread(
+        target=lambda: outcome.setdefault("result", materialize_replay(prepared, kafka, instance=dagster_instance, topic=topic, pacing="fixed", interval_ms=5)),
+    )
+    thread.start()
+    wait_for(lambda: (c := checkpoint_of(own_broker.bootstrap_servers, topic)) and c.next_row >= 200, 60, "200 committed rows")
+    killed = time.monotonic()
+    os.kill(own_broker.pid, signal.SIGKILL)
+    thread.join(180)
+    assert not thread.is_alive(), "the replay hangs with its broker dead"
+    result = outcome["result"]
+    assert not result.success
+    failures = [e.event_specific_data.error.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    logged = [entry.user_message for entry in dagster_instance.all_logs(result.run_id)]
+    # The first attempt's own words: day, topic, counts and cause; then retries fail fast,
+    # naming the replay and the cluster, never a client's internal timeout.
+    first_error = next(m for m in logged if "messages delivered by this attempt" in m)
+    assert f"replay of {DAY} into {topic!r}" in first_error and "committed through row" in first_error
+    [final] = failures
+    assert f"replay of {DAY} into {topic!r}: Kafka at {own_broker.bootstrap_servers}" in final
+    assert "retry 1 of 2" in final  # a broker still down at the retry ends it: bounded
+    assert "Timeout waiting for future" not in final
+    # Two retries of at most connect + delivery timeouts each, with 5 s and 10 s backoff.
+    assert time.monotonic() - killed < 5 + 15 + 2 * (5 + 5) + 30
+
+
+def test_a_paused_broker_shows_in_the_delivery_latency_and_nothing_is_lost(prepared, own_broker, topic, dagster_instance):
+    rows = day_rows(prepared).head(1500)
+    kafka = KafkaResource(bootstrap_servers=own_broker.bootstrap_servers, connect_timeout_s=10, delivery_timeout_s=30)
+    outcome = {}
+    thread = threading.Thread(
+        target=lambda: outcome.setdefault(
+            "result", materialize_replay(prepared, kafka, instance=dagster_instance, topic=topic, pacing="fixed", interval_ms=5, limit=1500)
+        ),
+    )
+    thread.start()
+    wait_for(lambda: (c := checkpoint_of(own_broker.bootstrap_servers, topic)) and c.next_row >= 200, 60, "200 committed rows")
+    os.kill(own_broker.pid, signal.SIGSTOP)
+    time.sleep(6)  # the fault itself: a 6 s stall of the broker
+    os.kill(own_broker.pid, signal.SIGCONT)
+    thread.join(180)
+    result = outcome["result"]
+    assert result.success
+    [mat] = result.asset_materializations_for_node("click_data")
+    assert mat.metadata["delivery_latency_max_ms"].value >= 5000
+    assert_every_row_exactly_once(read_committed(own_broker.bootstrap_servers, topic), rows)
