@@ -7,7 +7,7 @@ KAFKA_PORT ?= 9092
 DAGSTER_POSTGRES_VERSION := 0.29.27
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: setup demo dev test test-unit kafka-up kafka-down kafka-status bench-prepare bench-replay bench screenshots data clean
+.PHONY: setup demo dev test test-unit kafka-up kafka-down kafka-status bench-prepare bench-replay bench-parallel bench screenshots data clean
 
 # The virtualenv, re-made when pyproject.toml changes.
 setup: $(VENV)/.installed
@@ -55,7 +55,11 @@ bench-replay: setup
 	@command -v kcat >/dev/null || (apt-get update -qq && apt-get install -y -qq kcat) || echo "kcat unavailable: skipping its column"
 	$(PY) benchmarks/bench_replay.py
 
-bench: bench-prepare bench-replay
+# Aggregate replay rate, one replay vs two at once into different topics.
+bench-parallel: setup
+	$(PY) benchmarks/bench_parallel.py
+
+bench: bench-prepare bench-replay bench-parallel
 
 screenshots: setup
 	$(PY) scripts/screenshots.py
