@@ -23,7 +23,7 @@ candidates' order; medians):
   partitioner; timed as the whole process (start, connect, send, wait for acks).
 
 Timing fidelity (``run_replay`` + ``KafkaPublisher``; lateness = actual - scheduled send
-time, from ``ReplayProgress.lateness_ms()``):
+time, from ``ReplayProgress.figures_ms()``; delivery latency = confirmed commit - scheduled time):
 
 * original pacing at speed 200: the first messages of the day that cover
   ``ORIGINAL_SCHEDULE_S`` of schedule (the whole day would take ~7 min per run);
@@ -56,6 +56,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_prepare import FULL_ROWS, OUT, ROOT, ensure_log, machine, write_readme, yes
 
+from clickstream_dagster.checkpoints import DEFAULT_CHECKPOINT_TOPIC, Checkpoint, transactional_id
 from clickstream_dagster.cleaning import inspect_log, stage_log
 from clickstream_dagster.encoding import encode_messages, replay_headers
 from clickstream_dagster.kafka_client import KafkaPublisher, KafkaSettings, ensure_topic
@@ -76,6 +77,8 @@ TARGET_OVERHEAD = 0.10
 TARGET_DRIFT_MS = 50.0
 TARGET_P99_MS = 10.0
 TARGET_INTERVAL_ERROR = 0.01
+TARGET_EOS_VS_ALO = 0.90  # exactly_once keeps at least 90% of at_least_once's rate at max pacing
+TARGET_DELIVERY_P99_MS = 25.0  # fixed 20 ms, exactly_once: readable within 25 ms of its slot
 
 
 def load_local_kafka():
@@ -108,7 +111,11 @@ class Topics:
 
         self.settings = settings
         self.admin = KafkaAdminClient(**settings.client_config())
-        self.consumer = KafkaConsumer(**settings.client_config())
+        # read_committed: a transactional replay's commit markers take offsets too, so the
+        # records a consumer reads are counted, not the end offsets.
+        self.consumer = KafkaConsumer(**settings.client_config(), isolation_level="read_committed")
+        ensure_topic(settings, DEFAULT_CHECKPOINT_TOPIC, partitions=1, replication_factor=1, create=True,
+                     topic_configs={"cleanup.policy": "compact"})
 
     def fresh(self, label: str) -> str:
         topic = f"bench-replay-{label}-{uuid.uuid4().hex[:8]}"
@@ -119,7 +126,12 @@ class Topics:
         from kafka import TopicPartition
 
         parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        return sum(self.consumer.end_offsets(parts).values())
+        self.consumer.assign(parts)
+        self.consumer.seek_to_beginning(*parts)
+        end, count, deadline = self.consumer.end_offsets(parts), 0, time.monotonic() + 120
+        while any(self.consumer.position(tp) < end[tp] for tp in parts) and time.monotonic() < deadline:
+            count += sum(len(batch) for batch in self.consumer.poll(timeout_ms=500).values())
+        return count
 
     def check_and_delete(self, topic: str, expected: int) -> bool:
         delivered = self.delivered(topic)
@@ -139,29 +151,40 @@ class Topics:
 # ----------------------------------------------------------------------------- candidates
 
 
-def run_project_replay(settings, topics, events, pacing, label) -> dict:
-    """encode_messages + send_offsets + run_replay through a KafkaPublisher."""
+def run_project_replay(settings, topics, events, pacing, label, delivery="exactly_once") -> dict:
+    """encode_messages + send_offsets + run_replay through a KafkaPublisher, checkpoints
+    committed as the asset commits them (in the transaction with exactly_once)."""
     t0 = time.perf_counter()
     messages = encode_messages(events, "json")
     offsets = send_offsets(events["original_timestamp"].to_numpy(), pacing)
     encode_s = time.perf_counter() - t0
     topic = topics.fresh(label)
-    publisher = KafkaPublisher(settings, topic, replay_headers(DAY, uuid.uuid4().hex))
+    tid = transactional_id(topic) if delivery == "exactly_once" else None
+    publisher = KafkaPublisher(
+        settings, topic, replay_headers(DAY, uuid.uuid4().hex), checkpoint_topic=DEFAULT_CHECKPOINT_TOPIC, transactional_id=tid
+    )
+
+    def checkpoint(next_row, status):
+        record = Checkpoint(topic, DAY, "bench", "bench", next_row, len(messages), status, time.time_ns() // 1_000_000)
+        return record.key, record.to_bytes()
+
     progress = ReplayProgress(total=len(messages))
     try:
         run_replay(
-            messages, offsets, publisher, progress=progress, on_progress=lambda p: progress_line(p, offsets)
+            messages, offsets, publisher, checkpoint=checkpoint, progress=progress, paced=pacing.is_paced,
+            on_progress=lambda p: progress_line(p, offsets),
         )
     finally:
         publisher.close()
-    ok = progress.acked == len(messages) and topics.check_and_delete(topic, len(messages))
+    ok = progress.delivered == len(messages) and topics.check_and_delete(topic, len(messages))
     sent_at = offsets[: progress.sent] + progress.lateness_s[: progress.sent]  # s after the start
     return {
         "messages": len(messages),
         "seconds": progress.elapsed_s,
-        "rate": progress.acked / progress.elapsed_s,
+        "rate": progress.delivered / progress.elapsed_s,
+        "commits": progress.commits,
         "encode_s": encode_s,
-        "lateness": progress.lateness_ms(),
+        "lateness": progress.figures_ms(),
         "mean_interval_ms": float((sent_at[-1] - sent_at[0]) / (len(sent_at) - 1) * 1000)
         if len(sent_at) > 1
         else None,
@@ -173,7 +196,8 @@ def run_project_replay(settings, topics, events, pacing, label) -> dict:
 def run_bare(settings, topics, keys, values, headers) -> dict:
     """A plain kafka-python send loop over pre-encoded messages, then flush."""
     topic = topics.fresh("bare")
-    publisher = KafkaPublisher(settings, topic, headers)  # the very same producer settings
+    # the very same producer settings as at_least_once (no transactions: a bare loop)
+    publisher = KafkaPublisher(settings, topic, headers, checkpoint_topic=DEFAULT_CHECKPOINT_TOPIC)
     producer = publisher.producer
     try:
         futures = []
@@ -259,7 +283,8 @@ def render(r: dict) -> str:
     ]
     bare_rate = med([x["rate"] for x in tp["bare"]])
     for name, label in (
-        ("replay", "project replay (`run_replay` + `KafkaPublisher`)"),
+        ("replay", "project replay, exactly_once (transactions, checkpoint every ~100 ms)"),
+        ("replay_alo", "project replay, at_least_once (idempotent, checkpoints, no transactions)"),
         ("bare", "bare kafka-python loop, pre-encoded, then `flush()`"),
         ("kcat", "`kcat -P -K<TAB>` from a file (whole process)"),
     ):
@@ -283,22 +308,25 @@ def render(r: dict) -> str:
     )
     lines += [
         "",
-        "The replay's overhead over the bare loop (bare rate / replay rate - 1, per side-by-side round): "
-        f"median **{overhead['median'] * 100:+.1f}%** (rounds: {rounds}). Encoding the day "
+        "The at_least_once replay's overhead over the bare loop (bare rate / replay rate - 1, per side-by-side "
+        f"round): median **{overhead['median'] * 100:+.1f}%** (rounds: {rounds}). exactly_once reaches "
+        f"**{tp['eos_vs_alo']['median'] * 100:.0f}%** of at_least_once's rate (median of side-by-side rounds: "
+        + ", ".join(f"{x * 100:.0f}%" for x in tp["eos_vs_alo"]["all"])
+        + "). Rates count delivered messages: committed (exactly_once) or acknowledged. Encoding the day "
         f"(`encode_messages` + `send_offsets`, before the clock starts): median {tp['encode_ms']:.0f} ms."
         + kcat_line,
         "",
         (
-            f"Timing fidelity (`run_replay` + `KafkaPublisher`, {fid['runs']} runs each; "
-            "medians, worst run in "
-            "brackets):"
+            f"Timing fidelity (`run_replay` + `KafkaPublisher`, exactly_once, {fid['runs']} runs each; "
+            "medians, worst run in brackets; lateness = hand-off - scheduled time, delivery latency = "
+            "commit confirmed - scheduled time, when a read_committed consumer can read it):"
         ),
         "",
         (
             "| pacing | messages | schedule | final drift | lateness p50 | lateness p99 | lateness max "
-            "| mean interval |"
+            "| delivery latency p50 | delivery latency p99 | mean interval |"
         ),
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, label in (
         ("original", f"original / speed {SPEED:g}"),
@@ -311,6 +339,8 @@ def render(r: dict) -> str:
             ("lateness_p50_ms", 2),
             ("lateness_p99_ms", 2),
             ("lateness_max_ms", 1),
+            ("delivery_latency_p50_ms", 2),
+            ("delivery_latency_p99_ms", 2),
         ):
             values = [x["lateness"][key] for x in runs]
             cells.append(f"{med(values):.{digits}f} ms ({max(values):.{digits}f})")
@@ -341,8 +371,17 @@ def render(r: dict) -> str:
         "| target | measured (median; worst run) | |",
         "| --- | --- | --- |",
         (
-            f"| replay overhead over the bare loop < {TARGET_OVERHEAD * 100:.0f}% "
+            f"| at_least_once replay overhead over the bare loop < {TARGET_OVERHEAD * 100:.0f}% "
             f"| {overhead['median'] * 100:+.1f}% | {yes(t['overhead'])} |"
+        ),
+        (
+            f"| exactly_once at max pacing >= {TARGET_EOS_VS_ALO * 100:.0f}% of at_least_once's rate "
+            f"| {tp['eos_vs_alo']['median'] * 100:.0f}% | {yes(t['eos_rate'])} |"
+        ),
+        (
+            f"| delivery latency p99 < {TARGET_DELIVERY_P99_MS:g} ms, fixed {FIXED_INTERVAL_MS:g} ms, exactly_once "
+            f"| {t['delivery_p99_ms']['fixed'][0]:.2f} ms ({t['delivery_p99_ms']['fixed'][1]:.2f}) "
+            f"| {yes(t['delivery_p99'])} |"
         ),
         f"| final drift < {TARGET_DRIFT_MS:g} ms | {both('drift_ms')} | {yes(t['drift'])} |",
         f"| lateness p99 < {TARGET_P99_MS:g} ms | {both('p99_ms')} | {yes(t['p99'])} |",
@@ -450,7 +489,7 @@ def measure(args, settings, topics, events: pl.DataFrame, kcat, work: Path) -> d
     original_events = events.head(n_original)
     fixed_events = events.head(FIXED_MESSAGES)
 
-    candidates = ["replay", "bare"] + (["kcat"] if kcat else [])
+    candidates = ["replay", "replay_alo", "bare"] + (["kcat"] if kcat else [])
     tp: dict[str, list] = {c: [] for c in candidates}
     fid: dict[str, list] = {"original": [], "fixed": []}
     rounds = max(args.runs, args.fidelity_runs)
@@ -460,6 +499,8 @@ def measure(args, settings, topics, events: pl.DataFrame, kcat, work: Path) -> d
             for c in order:
                 if c == "replay":
                     res = run_project_replay(settings, topics, events, Pacing(mode="max"), "max")
+                elif c == "replay_alo":
+                    res = run_project_replay(settings, topics, events, Pacing(mode="max"), "max-alo", "at_least_once")
                 elif c == "bare":
                     res = run_bare(settings, topics, keys, values, headers)
                 else:
@@ -482,15 +523,18 @@ def measure(args, settings, topics, events: pl.DataFrame, kcat, work: Path) -> d
                     f"  round {i + 1} {name:<8} {res['messages']} msgs over {res['schedule_s']:.1f} s: drift "
                     f"{lat['final_drift_ms']:.2f} ms, p50 {lat['lateness_p50_ms']:.2f}, "
                     f"p99 {lat['lateness_p99_ms']:.2f}, "
-                    f"max {lat['lateness_max_ms']:.1f} ms, mean interval {res['mean_interval_ms']:.3f} ms",
+                    f"max {lat['lateness_max_ms']:.1f} ms, mean interval {res['mean_interval_ms']:.3f} ms, "
+                    f"delivery latency p99 {lat['delivery_latency_p99_ms']:.2f} ms",
                     flush=True,
                 )
 
-    overheads = [b["rate"] / r["rate"] - 1 for r, b in zip(tp["replay"], tp["bare"], strict=True)]
+    overheads = [b["rate"] / r["rate"] - 1 for r, b in zip(tp["replay_alo"], tp["bare"], strict=True)]
+    eos_vs_alo = [e["rate"] / a["rate"] for e, a in zip(tp["replay"], tp["replay_alo"], strict=True)]
     throughput = {
         "runs": args.runs,
         **tp,
         "overhead": {"median": med(overheads), "all": overheads},
+        "eos_vs_alo": {"median": med(eos_vs_alo), "all": eos_vs_alo},
         "encode_ms": med([x["encode_s"] for x in tp["replay"]]) * 1000,
     }
     if kcat:
@@ -509,7 +553,11 @@ def measure(args, settings, topics, events: pl.DataFrame, kcat, work: Path) -> d
     ]
     drift = {n: worst(n, "final_drift_ms") for n in fid}
     p99 = {n: worst(n, "lateness_p99_ms") for n in fid}
+    delivery_p99 = {n: worst(n, "delivery_latency_p99_ms") for n in fid}
     targets = {
+        "eos_rate": med(eos_vs_alo) >= TARGET_EOS_VS_ALO,
+        "delivery_p99": delivery_p99["fixed"][0] < TARGET_DELIVERY_P99_MS,
+        "delivery_p99_ms": delivery_p99,
         "overhead": med(overheads) < TARGET_OVERHEAD,
         "drift": all(abs(v[0]) < TARGET_DRIFT_MS for v in drift.values()),
         "p99": all(v[0] < TARGET_P99_MS for v in p99.values()),

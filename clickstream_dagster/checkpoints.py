@@ -43,6 +43,10 @@ class Checkpoint:
     status: ReplayStatus
     heartbeat_ms: int  # the writer's wall clock at the write
     owner: str = ""  # host and pid of the writer, for people reading a lease conflict
+    # Where the topic's partitions ended when the replay began, and every run that wrote
+    # rows of it: what a read-back of the replay reads, and whose messages it counts.
+    start_offsets: tuple[tuple[int, int], ...] = ()
+    run_ids: tuple[str, ...] = ()
 
     @property
     def key(self) -> bytes:
@@ -54,7 +58,14 @@ class Checkpoint:
     @classmethod
     def from_bytes(cls, value: bytes) -> Checkpoint:
         fields = json.loads(value)
-        return cls(**{**fields, "status": ReplayStatus(fields["status"])})
+        return cls(
+            **{
+                **fields,
+                "status": ReplayStatus(fields["status"]),
+                "start_offsets": tuple((int(p), int(o)) for p, o in fields.get("start_offsets", ())),
+                "run_ids": tuple(fields.get("run_ids", ())),
+            }
+        )
 
     def holds_topic(self, now_ms: int, lease_s: float) -> bool:
         """Whether a replay is (as far as anyone can tell) still writing to the topic."""

@@ -44,7 +44,7 @@ def kafka_from_environment() -> KafkaResource:
 
 defs = Definitions(
     assets=[prepare.clickstream_csv, prepare.clickstream_events, prepare.clickstream_rejects, replay.click_data],
-    asset_checks=[prepare.every_line_accounted_for, *prepare.EVENTS_CHECKS],
+    asset_checks=[prepare.every_line_accounted_for, *prepare.EVENTS_CHECKS, replay.delivered_exactly_once],
     jobs=[prepare_clickstream, replay_clickstream],
     schedules=[replay_cycle],
     sensors=[clickstream_log_changed],

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import (
     InvalidProducerEpochError,
     KafkaError,
@@ -257,40 +258,71 @@ class KafkaPublisher:
         return DeliveryError(f"Kafka at {self.settings.bootstrap_servers}: {doing} failed: {type(error).__name__}: {error}")
 
 
-def read_checkpoints(settings: KafkaSettings, checkpoint_topic: str) -> list[Checkpoint]:
-    """Every replay checkpoint committed so far (the latest per key last), read_committed.
-
-    Reads the small compacted checkpoint topic from the start to its end offsets, with no
-    consumer group (nothing to authorize beyond READ on the topic)."""
+def _consumer(settings: KafkaSettings) -> KafkaConsumer:
+    """A read_committed consumer with no group: nothing to authorize beyond READ on the topic."""
     try:
-        consumer = KafkaConsumer(
-            **settings.client_config(), isolation_level="read_committed", enable_auto_commit=False, group_id=None
-        )
+        return KafkaConsumer(**settings.client_config(), isolation_level="read_committed", enable_auto_commit=False, group_id=None)
     except (KafkaError, OSError) as error:
         raise settings.unavailable("connecting a consumer", error) from error
+
+
+def _read_to_end(settings: KafkaSettings, consumer: KafkaConsumer, topic: str, start: dict[int, int] | None):
+    """Records of ``topic`` from ``start`` (default: the beginning) to the end offsets seen
+    now, read_committed: the end is the last stable offset, which an open transaction holds."""
+    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    if not partitions:
+        return
+    consumer.assign(partitions)
+    for tp in partitions:
+        if start is None or tp.partition not in start:
+            consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, start[tp.partition])
+    end = consumer.end_offsets(partitions)
+    deadline = time.monotonic() + max(settings.connect_timeout_s, 30.0)
+    while any(consumer.position(tp) < end[tp] for tp in partitions):
+        if time.monotonic() > deadline:
+            raise BrokerUnavailable(f"Kafka at {settings.bootstrap_servers}: reading {topic!r} did not reach its end in time")
+        for records in consumer.poll(timeout_ms=200).values():
+            for record in records:
+                if record.offset < end[TopicPartition(record.topic, record.partition)]:
+                    yield record
+
+
+def end_offsets(settings: KafkaSettings, topic: str) -> dict[int, int]:
+    """Partition -> the offset the next message will get."""
+    consumer = _consumer(settings)
     try:
-        partitions = [TopicPartition(checkpoint_topic, p) for p in consumer.partitions_for_topic(checkpoint_topic) or []]
-        if not partitions:
-            return []
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        # read_committed end offsets: the last stable offset, which an open transaction holds back.
-        end = consumer.end_offsets(partitions)
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        return {tp.partition: offset for tp, offset in consumer.end_offsets(partitions).items()}
+    except KafkaError as error:
+        raise settings.unavailable(f"reading the end offsets of {topic!r}", error) from error
+    finally:
+        consumer.close()
+
+
+def read_committed_since(settings: KafkaSettings, topic: str, start: dict[int, int]) -> list[ConsumerRecord]:
+    consumer = _consumer(settings)
+    try:
+        return list(_read_to_end(settings, consumer, topic, start))
+    except KafkaError as error:
+        raise settings.unavailable(f"reading {topic!r}", error) from error
+    finally:
+        consumer.close()
+
+
+def read_checkpoints(settings: KafkaSettings, checkpoint_topic: str) -> list[Checkpoint]:
+    """Every replay's latest committed checkpoint, read from the start of the small compacted
+    checkpoint topic to its end."""
+    consumer = _consumer(settings)
+    try:
         latest: dict[bytes, Checkpoint] = {}
-        deadline = time.monotonic() + settings.connect_timeout_s
-        while any(consumer.position(tp) < end[tp] for tp in partitions):
-            if time.monotonic() > deadline:
-                raise BrokerUnavailable(
-                    f"Kafka at {settings.bootstrap_servers}: reading {checkpoint_topic!r} did not reach its end "
-                    f"within {settings.connect_timeout_s:g} s"
-                )
-            for records in consumer.poll(timeout_ms=200).values():
-                for record in records:
-                    if record.value is None:
-                        latest.pop(record.key, None)  # a tombstone: forgotten
-                        continue
-                    with contextlib.suppress(ValueError, TypeError, KeyError):
-                        latest[record.key] = Checkpoint.from_bytes(record.value)
+        for record in _read_to_end(settings, consumer, checkpoint_topic, None):
+            if record.value is None:
+                latest.pop(record.key, None)  # a tombstone: forgotten
+                continue
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                latest[record.key] = Checkpoint.from_bytes(record.value)
         return list(latest.values())
     except KafkaError as error:
         raise settings.unavailable(f"reading {checkpoint_topic!r}", error) from error

@@ -16,6 +16,8 @@ from typing import Literal
 
 import polars as pl
 from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
     AssetExecutionContext,
     AssetObservation,
     Config,
@@ -27,6 +29,7 @@ from dagster import (
     TableRecord,
     TableSchema,
     asset,
+    asset_check,
 )
 from pydantic import Field
 
@@ -43,7 +46,9 @@ from clickstream_dagster.checkpoints import (
 from clickstream_dagster.kafka_client import BrokerUnavailable, KafkaPublisher
 from clickstream_dagster.pacing import Pacing, PacingError, send_offsets
 from clickstream_dagster.partitions import clickstream_days
+from clickstream_dagster.readback import verify_replay
 from clickstream_dagster.replay import (
+    CheckpointWriter,
     DeliveryError,
     ProducerFenced,
     ReplayProgress,
@@ -279,21 +284,34 @@ def click_data(
     messages = encode_messages(events, config.message_format)
     record_ts = (events["original_timestamp"] * 1000).to_list() if config.record_timestamp == "original" else None
 
-    def checkpoint(next_row: int, status: ReplayStatus) -> tuple[bytes, bytes]:
-        record = Checkpoint(
-            topic=config.topic,
-            day=day,
-            replay_id=replay_id,
-            run_id=context.run.run_id,
-            next_row=next_row,
-            total=len(messages),
-            status=status,
-            heartbeat_ms=time.time_ns() // 1_000_000,
-            owner=owner,
-        )
-        return record.key, record.to_bytes()
+    def writer_for(plan: ReplayPlan, end_offsets: Callable[[], dict[int, int]]) -> CheckpointWriter:
+        """Checkpoints of this replay: a resumed one keeps where it began and who wrote it."""
+        resumed = plan.resumed
+        if resumed is not None and resumed.start_offsets:
+            start_offsets = resumed.start_offsets
+            run_ids = tuple(dict.fromkeys((*resumed.run_ids, context.run.run_id)))
+        else:
+            start_offsets, run_ids = tuple(sorted(end_offsets().items())), (context.run.run_id,)
 
-    publisher, plan = _claim_topic(context, kafka, config, replay_id, checkpoint, exactly_once)
+        def checkpoint(next_row: int, status: ReplayStatus) -> tuple[bytes, bytes]:
+            record = Checkpoint(
+                topic=config.topic,
+                day=day,
+                replay_id=replay_id,
+                run_id=context.run.run_id,
+                next_row=next_row,
+                total=len(messages),
+                status=status,
+                heartbeat_ms=time.time_ns() // 1_000_000,
+                owner=owner,
+                start_offsets=start_offsets,
+                run_ids=run_ids,
+            )
+            return record.key, record.to_bytes()
+
+        return checkpoint
+
+    publisher, plan, checkpoint = _claim_topic(context, kafka, config, replay_id, writer_for, exactly_once)
     progress = ReplayProgress(total=len(messages), start_row=plan.start_row)
     if plan.resumed is not None:
         context.log.info(f"resuming at row {plan.start_row}/{len(messages)}: {plan.resumed.describe(time.time_ns() // 1_000_000)}")
@@ -364,9 +382,9 @@ def _claim_topic(
     kafka: KafkaResource,
     config: ReplayConfig,
     replay_id: str,
-    checkpoint: Callable[[int, ReplayStatus], tuple[bytes, bytes]],
+    writer_for: Callable[[ReplayPlan, Callable[[], dict[int, int]]], CheckpointWriter],
     exactly_once: bool,
-) -> tuple[KafkaPublisher, ReplayPlan]:
+) -> tuple[KafkaPublisher, ReplayPlan, CheckpointWriter]:
     """Wait for the topic, start a producer, plan from what is committed now, and claim.
 
     With exactly_once the producer's start fences every earlier one of this topic, so the
@@ -389,9 +407,10 @@ def _claim_topic(
             raise _starting_failure(context, config, error) from error
         try:
             plan = _plan(kafka, config, day, replay_id)
+            checkpoint = writer_for(plan, lambda: kafka.end_offsets(config.topic))
             publisher.commit(*checkpoint(plan.start_row, ReplayStatus.RUNNING), kafka.delivery_timeout_s)
             publisher.flush(kafka.delivery_timeout_s)
-            return publisher, plan
+            return publisher, plan, checkpoint
         except TopicBusy as busy:
             publisher.close()
             context.log.info(f"another replay claimed the topic at the same moment; backing off: {busy}")
@@ -401,3 +420,46 @@ def _claim_topic(
                 f"replay of {day} into {config.topic!r} could not claim the topic: {error}",
                 allow_retries=not isinstance(error, ProducerFenced),
             ) from error
+
+
+@asset_check(
+    asset=click_data,
+    partitions_def=clickstream_days,
+    blocking=False,
+    description="Reads the replay back from Kafka (read_committed) and confirms that every row it sent "
+    "is there exactly once, each visitor's page views in their original order.",
+)
+def delivered_exactly_once(context: AssetCheckExecutionContext, kafka: KafkaResource) -> AssetCheckResult:
+    day = context.partition_key
+    run = context.instance.get_run_by_id(context.run.run_id)
+    topic = run.tags.get(TOPIC_TAG, DEFAULT_TOPIC)
+    replay_id = run.root_run_id or run.run_id
+    mine = [c for c in kafka.checkpoints() if c.topic == topic and c.day == day and c.replay_id == replay_id]
+    if not mine or mine[0].status != ReplayStatus.FINISHED:
+        state = mine[0].describe(time.time_ns() // 1_000_000) if mine else "no checkpoint"
+        return AssetCheckResult(passed=False, metadata={"reason": f"the replay did not finish: {state}"})
+    checkpoint = mine[0]
+    records = kafka.read_back(topic, dict(checkpoint.start_offsets))
+    found = verify_replay(
+        ((r.partition, r.offset, r.key, dict(r.headers or ()), r.value) for r in records),
+        day=day,
+        run_ids=checkpoint.run_ids,
+        expected_rows=checkpoint.next_row,
+    )
+    return AssetCheckResult(
+        passed=found.passed,
+        metadata={
+            "topic": topic,
+            **numeric(
+                {
+                    "expected_rows": found.expected,
+                    "messages_found": found.found,
+                    "duplicates": found.duplicates,
+                    "missing": found.missing,
+                    "out_of_order_visitors": found.out_of_order_keys,
+                    "undecodable": found.undecodable,
+                }
+            ),
+            "runs": ", ".join(checkpoint.run_ids),
+        },
+    )

@@ -8,8 +8,11 @@ from clickstream_dagster.kafka_client import (
     BrokerUnavailable,
     KafkaPublisher,
     KafkaSettings,
+    ConsumerRecord,
+    end_offsets,
     ensure_topic,
     read_checkpoints,
+    read_committed_since,
 )
 
 
@@ -91,6 +94,13 @@ class KafkaResource(ConfigurableResource):
             replication_factor=self.topic_replication_factor,
             create=self.create_topic,
         )
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        return end_offsets(self.settings(), topic)
+
+    def read_back(self, topic: str, start_offsets: dict[int, int]) -> list[ConsumerRecord]:
+        """What a read_committed consumer finds in ``topic`` from ``start_offsets`` on."""
+        return read_committed_since(self.settings(), topic, start_offsets)
 
     def checkpoints(self) -> list[Checkpoint]:
         """Every replay's latest committed checkpoint (read_committed)."""

@@ -129,9 +129,10 @@ def cli_replay(prepared, bootstrap: str, home: Path, day: str = DAY, **config) -
 
 
 def materialize_replay(prepared, kafka: KafkaResource, day: str = DAY, instance=None, **config):
+    """The replay and its read-back check, as the replay_clickstream job runs them."""
     return materialize(
-        [prepare.clickstream_events, replay.click_data],
-        selection=[replay.click_data],
+        [prepare.clickstream_events, replay.click_data, replay.delivered_exactly_once],
+        selection=[replay.click_data, replay.delivered_exactly_once],
         resources=prepared | {"kafka": kafka},
         partition_key=day,
         instance=instance,
@@ -210,6 +211,8 @@ def test_at_least_once_delivers_every_row_without_transactions(prepared, kafka_b
     [mat] = result.asset_materializations_for_node("click_data")
     assert mat.metadata["messages"].value == rows.height
     assert checkpoint_of(kafka_bootstrap_servers, topic).status == ReplayStatus.FINISHED
+    [check] = result.get_asset_check_evaluations()
+    assert check.passed and check.metadata["messages_found"].value == rows.height
 
 
 @pytest.fixture
@@ -272,4 +275,6 @@ def test_a_paused_broker_shows_in_the_delivery_latency_and_nothing_is_lost(prepa
     assert result.success
     [mat] = result.asset_materializations_for_node("click_data")
     assert mat.metadata["delivery_latency_max_ms"].value >= 5000
+    [check] = result.get_asset_check_evaluations()
+    assert check.passed and check.metadata["duplicates"].value == 0
     assert_every_row_exactly_once(read_committed(own_broker.bootstrap_servers, topic), rows)
