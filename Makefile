@@ -10,9 +10,10 @@ KAFKA_PORT ?= $(if $(filter plaintext,$(KAFKA_SECURITY)),9092,9093)
 KAFKA_STATE_DIR ?= $(CURDIR)/$(if $(filter plaintext,$(KAFKA_SECURITY)),.kafka,.kafka-$(KAFKA_SECURITY))
 DAGSTER_PORT ?= 3000
 export DAGSTER_PORT KAFKA_PORT KAFKA_STATE_DIR
+DAGSTER_POSTGRES_VERSION := 0.29.27
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: setup demo dev test test-unit kafka-up kafka-down kafka-status bench-prepare bench-replay bench screenshots data clean
+.PHONY: setup demo dev test test-unit kafka-up kafka-down kafka-status bench-prepare bench-replay bench-parallel bench screenshots data clean
 
 # The virtualenv, re-made when pyproject.toml changes.
 setup: $(VENV)/.installed
@@ -21,6 +22,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	@# setuptools warns about every editable install (a build-backend warning pip shows even with --quiet).
 	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet -e ".[dev]"
+	@# dagster-postgres 0.29.27 pins dagster==1.13.27 (see pyproject.toml's deploy extra).
+	$(PY) -m pip install --quiet --no-deps "dagster-postgres==$(DAGSTER_POSTGRES_VERSION)"
 	touch $@
 
 # Broker up (unless KAFKA_BOOTSTRAP_SERVERS names one), 15 days prepared, one day replayed, read back.
@@ -68,7 +71,11 @@ bench-replay: setup
 	@command -v kcat >/dev/null || (apt-get update -qq && apt-get install -y -qq kcat) || echo "kcat unavailable: skipping its column"
 	$(PY) benchmarks/bench_replay.py
 
-bench: bench-prepare bench-replay
+# Aggregate replay rate, one replay vs two at once into different topics.
+bench-parallel: setup
+	$(PY) benchmarks/bench_parallel.py
+
+bench: bench-prepare bench-replay bench-parallel
 
 screenshots: setup
 	$(PY) scripts/screenshots.py

@@ -1,10 +1,15 @@
-"""Shared fixtures. The real Kafka broker fixtures live in kafka_fixtures.py, the secured
-broker's in secured_kafka_fixtures.py."""
+"""Shared fixtures. The real servers live in their own plugins: Kafka (kafka_fixtures.py), the
+secured broker (secured_kafka_fixtures.py), PostgreSQL (postgres_fixtures.py), S3 (s3_fixtures.py)."""
 
 import pytest
 from dagster import instance_for_test
 
-pytest_plugins = ["clickstream_dagster_tests.kafka_fixtures", "clickstream_dagster_tests.secured_kafka_fixtures"]
+pytest_plugins = [
+    "clickstream_dagster_tests.kafka_fixtures",
+    "clickstream_dagster_tests.secured_kafka_fixtures",
+    "clickstream_dagster_tests.postgres_fixtures",
+    "clickstream_dagster_tests.s3_fixtures",
+]
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 """End-to-end fixtures: the real ``dagster dev`` (dagster-webserver + dagster-daemon), driven over GraphQL.
 
-* ``dagster_dev`` (module): ``dagster dev -w workspace.yaml -h 127.0.0.1 -p <free port>`` run from
-  the repo root with a temporary DAGSTER_HOME (a copy of the project's ``.dagster_home/dagster.yaml``),
+* ``dagster_dev`` (module, once per instance): ``dagster dev -w workspace.yaml -h 127.0.0.1 -p <free port>``
+  run from the repo root with a temporary DAGSTER_HOME holding either the project's
+  ``.dagster_home/dagster.yaml`` (SQLite, ``[sqlite]``) or the deployment's ``deploy/dagster.yaml``
+  on a fresh database of the session's PostgreSQL server (``[postgres]``),
   a small generated log (CLICKSTREAM_CSV), a temporary Parquet dir (CLICKSTREAM_STORAGE_DIR) and
   the test broker (KAFKA_BOOTSTRAP_SERVERS). Ready when GraphQL reports the code location LOADED
   and the daemons healthy; stopped with its whole process group at the end of the module.
@@ -39,6 +41,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROJECT_DAGSTER_YAML = REPO_ROOT / ".dagster_home" / "dagster.yaml"
+DEPLOY_DAGSTER_YAML = REPO_ROOT / "deploy" / "dagster.yaml"
+# Every e2e test runs on both: the instance of `make dev` and the one a deployment uses.
+INSTANCES = ("sqlite", "postgres")
 LOCATION_NAME = "clickstream_dagster"
 REPOSITORY_NAME = "__repository__"
 PREPARE_JOB, REPLAY_JOB = "prepare_clickstream", "replay_clickstream"
@@ -540,6 +545,8 @@ class DagsterDev:
     storage_dir: Path
     bootstrap_servers: str
     log_summary: dict
+    instance: str = "sqlite"
+    postgres_env: dict[str, str] = field(default_factory=dict)  # DAGSTER_PG_* of the postgres instance
     known_pids: set[int] = field(default_factory=set)
 
     @property
@@ -595,12 +602,15 @@ def _is_alive(pid: int) -> bool:
     return st is not None and st[2] != "Z"
 
 
-def start_dagster_dev(root: Path, bootstrap_servers: str, port: int) -> DagsterDev:
+def start_dagster_dev(
+    root: Path, bootstrap_servers: str, port: int, postgres_env: dict[str, str] | None = None
+) -> DagsterDev:
+    """``postgres_env`` (the DAGSTER_PG_* variables): the deployment's instance, else the project's."""
     from clickstream_dagster.generator import write_log
 
     home = root / "dagster_home"
     home.mkdir()
-    shutil.copy(PROJECT_DAGSTER_YAML, home / "dagster.yaml")
+    shutil.copy(DEPLOY_DAGSTER_YAML if postgres_env else PROJECT_DAGSTER_YAML, home / "dagster.yaml")
     csv_path = root / "clickstream.csv"
     summary = write_log(csv_path, rows=LOG_ROWS, seed=LOG_SEED).as_dict()
     storage_dir = root / "parquet"
@@ -617,6 +627,7 @@ def start_dagster_dev(root: Path, bootstrap_servers: str, port: int) -> DagsterD
         REPLAY_CYCLE_CRON="0 * * * *",
         PYTHONUNBUFFERED="1",
     )
+    env.update(postgres_env or {})
     for var in ("REPLAY_CYCLE_TOPIC", "REPLAY_CYCLE_SPEED"):
         env.pop(var, None)
     dagster_bin = Path(sys.executable).with_name("dagster")
@@ -633,7 +644,10 @@ def start_dagster_dev(root: Path, bootstrap_servers: str, port: int) -> DagsterD
             start_new_session=True,
             preexec_fn=_reset_signals,
         )
-    return DagsterDev(proc, port, home, log_path, csv_path, storage_dir, bootstrap_servers, summary)
+    instance = "postgres" if postgres_env else "sqlite"
+    return DagsterDev(
+        proc, port, home, log_path, csv_path, storage_dir, bootstrap_servers, summary, instance, postgres_env or {}
+    )
 
 
 class PortInUse(RuntimeError):
@@ -683,12 +697,16 @@ def wait_until_ready(dev: DagsterDev, gql: DagsterGraphQL, timeout_s: float = ST
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def dagster_dev(kafka_bootstrap_servers: str, local_kafka, tmp_path_factory) -> Iterator[DagsterDev]:
+@pytest.fixture(scope="module", params=INSTANCES)
+def dagster_dev(kafka_bootstrap_servers: str, local_kafka, tmp_path_factory, request) -> Iterator[DagsterDev]:
+    postgres_env = None
+    if request.param == "postgres":  # only then start PostgreSQL (`-k sqlite` runs without it)
+        server = request.getfixturevalue("postgres_server")
+        postgres_env = server.env(server.create_database("e2e"))
     for attempt in (1, 2):  # a second port if another process took the first one meanwhile
         root = tmp_path_factory.mktemp("dagster-dev")
         port = local_kafka.free_port(exclude=RESERVED_PORTS)
-        dev = start_dagster_dev(root, kafka_bootstrap_servers, port)
+        dev = start_dagster_dev(root, kafka_bootstrap_servers, port, postgres_env)
         try:
             wait_until_ready(dev, DagsterGraphQL(port, timeout_s=10))
             break
@@ -836,3 +854,9 @@ def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 60.0) -> l
         return records
     finally:
         consumer.close()
+
+
+@pytest.fixture
+def postgres_server_if_used(dagster_dev: DagsterDev, request: pytest.FixtureRequest):
+    """The session's PostgreSQL server when ``dagster_dev`` runs on it, else None."""
+    return request.getfixturevalue("postgres_server") if dagster_dev.instance == "postgres" else None
