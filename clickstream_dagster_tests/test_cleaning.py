@@ -89,7 +89,7 @@ def test_each_broken_line_is_rejected_with_its_reason(tmp_path, raw, reason):
     kept, rejects = prepare(write_log(tmp_path, [line(), raw, line(ts=MAR1 + 5)]), tmp_path)
     assert kept.height == 2, "the good lines around the broken one are kept"
     assert reasons(rejects) == {3: reason.value}
-    assert rejects["raw_line"][0] == raw
+    assert rejects["raw_line"][0] == raw.encode()
 
 
 def test_an_unbalanced_quote_does_not_swallow_the_following_lines(tmp_path):
