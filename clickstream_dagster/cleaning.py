@@ -264,7 +264,7 @@ def _split_lines(buf: bytes, eof: bool) -> tuple[np.ndarray, np.ndarray, np.ndar
         term = np.union1d(term, lone_cr)
     consumed = n if eof else (int(term[-1]) + 1 if len(term) else 0)
     stops = term + 1
-    starts = np.concatenate(([0], stops[:-1]))
+    starts = np.concatenate(([0], stops[:-1])) if len(stops) else stops
     ends = term.copy()
     if b"\r" in buf and len(term):  # CRLF: the CR belongs to the line ending, not to the line
         ends -= (a[term] == _LF) & (term > starts) & (a[np.maximum(term - 1, 0)] == _CR)
