@@ -27,7 +27,9 @@ import csv
 import hashlib
 import io
 import os
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from enum import StrEnum
@@ -72,7 +74,8 @@ _PUBLISHED_LAYOUT = {
 
 _UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
 _HEADER_SEARCH_BYTES = 1 << 20
-_CHUNK_BYTES = 64 << 20
+_CHUNK_BYTES = 16 << 20
+_THREADS = 2
 _MEMORY_BUDGET_BYTES = 384 << 20
 _EXCERPT_CHARS = 60
 _LF, _CR, _QUOTE = 10, 13, 34
@@ -382,15 +385,23 @@ def _read_fields(chunk: _Chunk, log: LogFile, passing: np.ndarray) -> pl.DataFra
     return frame
 
 
+def _by_distinct_value(fields: pl.DataFrame, column: str, derive: pl.Expr) -> pl.Series:
+    """``derive`` applied to ``column``, computed once per distinct value: a log repeats
+    its visitors and product pages, and the regexes are the costly part."""
+    mapping = fields.select(pl.col(column).unique()).with_columns(derive.alias("_derived"))
+    joined = fields.select(column).join(mapping, on=column, how="left", maintain_order="left", nulls_equal=True)
+    return joined["_derived"]
+
+
 def _parse(fields: pl.DataFrame, log: LogFile, window: DayWindow) -> pl.DataFrame:
     """Published fields, reason (or null) and day index of parsed lines."""
     if log.has_product_urls:
-        product = product_id(pl.col("url").str.strip_chars())
+        product = _by_distinct_value(fields, "url", product_id(pl.col("url").str.strip_chars()))
     else:
-        product = pl.col("product").str.strip_chars()
+        product = fields["product"].str.strip_chars()
     parsed = fields.select(
         pl.col("timestamp").str.strip_chars().cast(pl.Int64, strict=False).alias("original_timestamp"),
-        user_id(pl.col("visitor")).alias("userId"),
+        _by_distinct_value(fields, "visitor", user_id(pl.col("visitor"))).alias("userId"),
         pl.col("ip").str.strip_chars().alias("ip"),
         product.alias("productId"),
         pl.col("user_agent").alias("userAgent"),
@@ -524,6 +535,71 @@ class StagedLog:
         return pl.concat(parts).sort("line_number").lazy()
 
 
+@dataclass
+class _Classified:
+    kept: dict[str, pl.DataFrame]  # by day
+    rejected: pl.DataFrame
+
+
+def _collect(classified: _Classified, buckets: _Buckets) -> None:
+    for day, frame in classified.kept.items():
+        buckets.add(day, frame)
+    buckets.add("rejects", classified.rejected)
+
+
+def _classify_chunk(chunk: _Chunk, log: LogFile, window: DayWindow, max_line_bytes: int) -> _Classified:
+    """Every line of one chunk: kept rows by day, or rejected with its reason and raw bytes."""
+    days = window.days()
+    code = _byte_checks(chunk, log, max_line_bytes)
+    line_numbers = np.arange(chunk.first_line, chunk.first_line + len(chunk), dtype=np.int64)
+    passing = code == 0
+    rejected_idx: list[np.ndarray] = []
+    rejected_reason: list[pl.Series] = []
+    rejected_day: list[pl.Series] = []
+    kept_by_day: dict[str, pl.DataFrame] = {}
+    if not passing.all():
+        idx = np.flatnonzero(~passing)
+        rejected_idx.append(idx)
+        names = np.array([""] + [r.value for r in _BYTE_REASONS.values()])
+        rejected_reason.append(pl.Series(names[code[idx]], dtype=pl.String))
+        rejected_day.append(pl.Series([None] * len(idx), dtype=pl.String))
+    if passing.any():
+        idx = np.flatnonzero(passing)
+        parsed = _parse(_read_fields(chunk, log, passing), log, window).with_columns(
+            idx=pl.Series(idx), line_number=pl.Series(line_numbers[idx])
+        )
+        broken = parsed.filter(pl.col("reason").is_not_null())
+        if broken.height:
+            rejected_idx.append(broken["idx"].to_numpy())
+            rejected_reason.append(broken["reason"])
+            day = pl.from_epoch("original_timestamp", "s").dt.date().cast(pl.String)
+            rejected_day.append(broken.select(pl.when(pl.col("day_index").is_not_null()).then(day)).to_series())
+        kept = parsed.filter(pl.col("reason").is_null())
+        kept_idx = kept["idx"].to_numpy()
+        kept = kept.with_columns(
+            offset=pl.Series(chunk.offset + chunk.starts[kept_idx]),
+            length=pl.Series(chunk.ends[kept_idx] - chunk.starts[kept_idx]),
+        )
+        for (day_index,), frame in kept.partition_by("day_index", as_dict=True, maintain_order=True).items():
+            kept_by_day[days[day_index]] = frame.select(_KEPT_SCHEMA.names())
+    rejected = pl.DataFrame(schema=_REJECTED_SCHEMA)
+    if rejected_idx:
+        idx = np.concatenate(rejected_idx)
+        order = np.argsort(idx, kind="stable")
+        idx = idx[order]
+        raw = [chunk.buf[s:e] for s, e in zip(chunk.starts[idx].tolist(), chunk.ends[idx].tolist(), strict=True)]
+        rejected = pl.DataFrame(
+            {
+                "line_number": line_numbers[idx],
+                "reason": pl.concat(rejected_reason)[order],
+                "raw_line": pl.Series(raw, dtype=pl.Binary),
+                "day": pl.concat(rejected_day)[order],
+            },
+            schema=_REJECTED_SCHEMA,
+        )
+    return _Classified(kept_by_day, rejected)
+
+
 def stage_log(
     log: LogFile,
     window: DayWindow,
@@ -543,56 +619,17 @@ def stage_log(
     directory = Path(directory)
     stat = log.path.stat()
     buckets = _Buckets(directory, memory_budget_bytes)
-    days = window.days()
     lines = 0
-    for chunk in _chunks(log, chunk_bytes):
-        code = _byte_checks(chunk, log, max_line_bytes)
-        line_numbers = np.arange(chunk.first_line, chunk.first_line + len(chunk), dtype=np.int64)
-        passing = code == 0
-        rejected_idx: list[np.ndarray] = []
-        rejected_reason: list[pl.Series] = []
-        rejected_day: list[pl.Series] = []
-        if not passing.all():
-            idx = np.flatnonzero(~passing)
-            rejected_idx.append(idx)
-            names = np.array([""] + [r.value for r in _BYTE_REASONS.values()])
-            rejected_reason.append(pl.Series(names[code[idx]], dtype=pl.String))
-            rejected_day.append(pl.Series([None] * len(idx), dtype=pl.String))
-        if passing.any():
-            idx = np.flatnonzero(passing)
-            parsed = _parse(_read_fields(chunk, log, passing), log, window).with_columns(
-                idx=pl.Series(idx), line_number=pl.Series(line_numbers[idx])
-            )
-            broken = parsed.filter(pl.col("reason").is_not_null())
-            if broken.height:
-                rejected_idx.append(broken["idx"].to_numpy())
-                rejected_reason.append(broken["reason"])
-                day = pl.from_epoch("original_timestamp", "s").dt.date().cast(pl.String)
-                rejected_day.append(broken.select(pl.when(pl.col("day_index").is_not_null()).then(day)).to_series())
-            kept = parsed.filter(pl.col("reason").is_null())
-            kept_idx = kept["idx"].to_numpy()
-            kept = kept.with_columns(
-                offset=pl.Series(chunk.offset + chunk.starts[kept_idx]),
-                length=pl.Series(chunk.ends[kept_idx] - chunk.starts[kept_idx]),
-            )
-            for (day_index,), frame in kept.partition_by("day_index", as_dict=True, maintain_order=True).items():
-                buckets.add(days[day_index], frame.select(_KEPT_SCHEMA.names()))
-        if rejected_idx:
-            idx = np.concatenate(rejected_idx)
-            order = np.argsort(idx, kind="stable")
-            idx = idx[order]
-            raw = [chunk.buf[s:e] for s, e in zip(chunk.starts[idx].tolist(), chunk.ends[idx].tolist(), strict=True)]
-            frame = pl.DataFrame(
-                {
-                    "line_number": line_numbers[idx],
-                    "reason": pl.concat(rejected_reason)[order],
-                    "raw_line": pl.Series(raw, dtype=pl.Binary),
-                    "day": pl.concat(rejected_day)[order],
-                },
-                schema=_REJECTED_SCHEMA,
-            )
-            buckets.add("rejects", frame)
-        lines += len(chunk)
+    # NumPy and Polars release the GIL: while one chunk is checked, another is parsed.
+    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+        pending: deque[Future] = deque()
+        for chunk in _chunks(log, chunk_bytes):
+            pending.append(pool.submit(_classify_chunk, chunk, log, window, max_line_bytes))
+            lines += len(chunk)
+            while len(pending) > _THREADS:
+                _collect(pending.popleft().result(), buckets)
+        while pending:
+            _collect(pending.popleft().result(), buckets)
     return StagedLog(
         log=log,
         window=window,
