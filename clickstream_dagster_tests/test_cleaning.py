@@ -377,3 +377,14 @@ def test_property_any_bytes_every_line_accounted_for_and_raw_lines_round_trip(
     assert kept["userId"].str.contains(r"^[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}$").all()
     assert kept["original_timestamp"].is_between(MAR1, MAR16, closed="left").all()
     assert kept.unique().height == kept.height
+
+
+def test_a_log_spilled_to_disk_prepares_the_same_as_in_memory(tmp_path):
+    from clickstream_dagster.generator import write_log as generate
+
+    path = tmp_path / "gen.csv"
+    generate(path, rows=3000, seed=4)
+    in_memory = prepare(path, tmp_path / "a")
+    spilled = prepare(path, tmp_path / "b", chunk_bytes=4096, memory_budget_bytes=1)
+    assert any((tmp_path / "b" / "staging").glob("*.parquet")), "nothing was spilled"
+    assert in_memory[0].equals(spilled[0]) and in_memory[1].equals(spilled[1])

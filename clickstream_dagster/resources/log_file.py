@@ -5,7 +5,15 @@ from pathlib import Path
 from dagster import ConfigurableResource, Failure, MetadataValue
 from pydantic import Field
 
-from clickstream_dagster.cleaning import DEFAULT_MAX_LINE_BYTES, DayWindow, LogFile, LogFormatError, StagedLog, inspect_log, stage_log
+from clickstream_dagster.cleaning import (
+    DEFAULT_MAX_LINE_BYTES,
+    DayWindow,
+    LogFile,
+    LogFormatError,
+    StagedLog,
+    inspect_log,
+    stage_log,
+)
 
 # The committed sample, found from the package so it works whatever the working directory.
 DEFAULT_LOG_PATH = Path(__file__).resolve().parents[2] / "data" / "clickstream.csv"
@@ -40,4 +48,6 @@ class ClickstreamLogFile(ConfigurableResource):
             raise self._failure(error) from error
 
     def _failure(self, error: LogFormatError) -> Failure:
-        return Failure(description=str(error), metadata={"path": MetadataValue.path(self.path)}, allow_retries=False)
+        return Failure(
+            description=str(error), metadata={"path": MetadataValue.path(self.path)}, allow_retries=False
+        )
