@@ -165,7 +165,9 @@ def clickstream_rejects(context: AssetExecutionContext, clickstream_log: Clickst
                 }
             ),
             "rejects_by_reason": counts_table(by_reason, "reason"),
-            "preview": preview(rejects.head(10).with_columns(pl.col("raw_line").map_elements(_printable, return_dtype=pl.String))),
+            "preview": preview(
+                rejects.head(10).with_columns(pl.col("raw_line").map_elements(_printable, return_dtype=pl.String))
+            ),
             "source": MetadataValue.path(str(log.path)),
         }
     )
@@ -173,6 +175,7 @@ def clickstream_rejects(context: AssetExecutionContext, clickstream_log: Clickst
 
 
 def _printable(raw: bytes) -> str:
+    """A raw line as the UI can show it: undecodable bytes replaced, long lines cut."""
     text = raw.decode("utf-8", errors="replace")
     return text if len(text) <= 200 else text[:200] + f"... ({len(raw):,} bytes)"
 
