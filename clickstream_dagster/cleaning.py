@@ -1,30 +1,41 @@
 """Turn the raw page-view log into clean daily events, accounting for every line.
 
-Pure Polars; nothing here imports Dagster. The Dagster assets in
+Pure Polars and NumPy; nothing here imports Dagster. The Dagster assets in
 ``clickstream_dagster.assets.prepare`` are thin wiring around these functions.
 
-Why the log is read as raw lines rather than with Polars' CSV parser: the parser
-pads short (truncated) lines with empty values and lets one stray quote swallow the
-lines after it. Either silently breaks "every input line is kept or rejected with a
-reason". Here each physical line is one record, split by one anchored, quote-aware
-regex: a line that does not have exactly the header's fields is ``malformed_line``.
+A log line is a physical line of bytes, whatever those bytes are: lines end at ``\\n``,
+``\\r\\n`` or a lone ``\\r``. Every line is kept or rejected with a reason and its raw
+bytes (byte-exact, stored as Binary, line ending excluded), so kept + rejected = lines.
 
-The work is two phases so that a 10M-row file fits in bounded memory:
-1. ``stage_log``: one streaming scan of the file, every line classified and sunk into
-   one local Parquet file;
-2. ``StagedLog.day_events`` / ``rejects``: per day, drop duplicates and sort by time.
-   Exact duplicates share their timestamp, hence their day, so per-day is enough.
+Why not hand the file straight to Polars' CSV reader: it pads short lines, lets one
+stray quote swallow the lines after it, fails the whole file on one undecodable byte
+and knows one line ending. So each chunk of the file is first checked line by line
+with vectorised NumPy over its bytes (line ends, NUL and non-ASCII bytes, separators,
+quotes): a line that is not UTF-8 text, is too long, or does not have exactly the
+header's fields in well-formed RFC 4180 quoting is rejected there. Only the lines that
+pass go to ``pl.read_csv``, which then cannot misalign, at the reader's own speed.
+No line goes through a quote-aware regex.
+
+Kept rows are split by UTC day as the chunks arrive (spilled to a staging directory
+past a memory budget, so a 10M-line file fits in bounded memory); each day is then
+de-duplicated (exact duplicates share their timestamp, hence their day) and sorted.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
-from dataclasses import dataclass
+import os
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from enum import StrEnum
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 PUBLISHED_COLUMNS = ("original_timestamp", "userId", "ip", "productId", "userAgent")
@@ -38,7 +49,12 @@ EVENTS_SCHEMA = pl.Schema(
         "userAgent": pl.String,
     }
 )
-REJECTS_SCHEMA = pl.Schema({"line_number": pl.Int64, "reason": pl.String, "raw_line": pl.String})
+# raw_line is the line's bytes as they are in the file, without the line ending.
+REJECTS_SCHEMA = pl.Schema({"line_number": pl.Int64, "reason": pl.String, "raw_line": pl.Binary})
+
+# A line longer than this is rejected: every kept row must fit in one Kafka message
+# (the broker's default limit is 1 MB).
+DEFAULT_MAX_LINE_BYTES = 64 * 1024
 
 # Roles the cleaning needs, and the header names that carry them in each layout.
 _LOG_LAYOUT = {
@@ -57,19 +73,29 @@ _PUBLISHED_LAYOUT = {
 }
 
 _UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
-# A byte that never occurs in a text log: used as the "separator" to read whole lines.
-_NO_SEPARATOR = "\x00"
+_HEADER_SEARCH_BYTES = 1 << 20
+_CHUNK_BYTES = 16 << 20
+_THREADS = 2
+_MEMORY_BUDGET_BYTES = 384 << 20
+_EXCERPT_CHARS = 60
+_LF, _CR, _QUOTE = 10, 13, 34
 
 
 class RejectReason(StrEnum):
     """Why a line was not kept. The first rule a line breaks, in this order, wins."""
 
+    INVALID_ENCODING = "invalid_encoding"  # not UTF-8 text, or a NUL byte
+    TOO_LONG = "too_long"  # longer than the line-length setting (max_line_bytes)
     MALFORMED_LINE = "malformed_line"  # wrong number of fields: truncated, blank, stray quote
     INVALID_TIMESTAMP = "invalid_timestamp"  # not an integer number of seconds
     OUT_OF_RANGE = "out_of_range"  # a valid timestamp outside the dataset's days
     INVALID_USER_ID = "invalid_user_id"  # missing, or not a (braced) UUID
     MISSING_IP = "missing_ip"
     DUPLICATE = "duplicate"  # same published fields as an earlier line
+
+
+# The byte-level checks, by code in the per-line array (0 = passes).
+_BYTE_REASONS = {1: RejectReason.INVALID_ENCODING, 2: RejectReason.TOO_LONG, 3: RejectReason.MALFORMED_LINE}
 
 
 class LogFormatError(ValueError):
@@ -108,40 +134,69 @@ class LogFile:
     separator: str
     columns: tuple[str, ...]
     roles: dict[str, int]  # role -> column position
+    data_offset: int = 0  # byte offset of the first data line (after the header's line end)
 
     @property
     def has_product_urls(self) -> bool:
         return "url" in self.roles
 
+    @property
+    def quoted(self) -> bool:
+        """Comma-separated fields are RFC 4180 quoted; in a tab-separated log quotes are data."""
+        return self.separator == ","
+
+
+def excerpt(raw: bytes | str, limit: int = _EXCERPT_CHARS) -> str:
+    """A short, printable excerpt of some input, for error messages."""
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    short = text[:limit]
+    return repr(short) + (f" ... ({len(raw):,} bytes)" if len(text) > limit else "")
+
 
 def inspect_log(path: str | Path) -> LogFile:
     """Validate the file's header and work out its layout, or raise ``LogFormatError``.
 
-    Reads only the first line, so it is cheap to call before any heavy work.
+    Reads only the start of the file, so it is cheap to call before any heavy work.
     """
     path = Path(path)
     if not path.is_file():
         raise LogFormatError(f"clickstream file not found: {path} (set CLICKSTREAM_CSV to its path)")
+    size = path.stat().st_size
     with path.open("rb") as f:
-        first = f.readline(1 << 20)
-        second = f.readline(1 << 20)
-    if not first.strip():
+        head = f.read(_HEADER_SEARCH_BYTES)
+    if not head.strip():
         raise LogFormatError(f"{path} is empty: expected a header line and page-view lines")
-    header = first.decode("utf-8-sig", errors="replace").rstrip("\r\n")
+    ends = [i for i in (head.find(b"\n"), head.find(b"\r")) if i >= 0]
+    if not ends and len(head) < size:
+        raise LogFormatError(
+            f"{path} is not a log: no line break in its first {len(head) >> 20} MiB; it starts {excerpt(head)}"
+        )
+    end = min(ends, default=len(head))
+    first = head[:end]
+    data_offset = end + (2 if head[end : end + 2] == b"\r\n" else 1)
+    try:
+        if b"\x00" in first:
+            raise UnicodeDecodeError("utf-8", first, first.index(b"\x00"), first.index(b"\x00") + 1, "NUL")
+        header = first.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise LogFormatError(
+            f"{path} is not a text log: its first line is not UTF-8 text, it starts {excerpt(first)} "
+            "(expected a comma- or tab-separated UTF-8 log with a header line)"
+        ) from None
     separator = "\t" if "\t" in header else "," if "," in header else None
     if separator is None:
         raise LogFormatError(
-            f"{path}: cannot find the delimiter: the header {header[:120]!r} has no tab and no "
+            f"{path}: cannot find the delimiter: the header {excerpt(header)} has no tab and no "
             "comma (the log must be tab- or comma-separated)"
         )
     columns = tuple(next(csv.reader(io.StringIO(header), delimiter=separator)))
-    roles = _match_layout(path, columns)
-    if not second:  # end of file; a blank line is a (malformed) data line
+    roles = _match_layout(path, columns, header)
+    if data_offset >= size:  # a blank line is a (malformed) data line; nothing at all is not
         raise LogFormatError(f"{path} has a header but no page-view lines")
-    return LogFile(path=path, separator=separator, columns=columns, roles=roles)
+    return LogFile(path=path, separator=separator, columns=columns, roles=roles, data_offset=data_offset)
 
 
-def _match_layout(path: Path, columns: tuple[str, ...]) -> dict[str, int]:
+def _match_layout(path: Path, columns: tuple[str, ...], header: str) -> dict[str, int]:
     stripped = [c.strip() for c in columns]
     best_missing: list[str] | None = None
     for layout in (_LOG_LAYOUT, _PUBLISHED_LAYOUT):
@@ -151,30 +206,10 @@ def _match_layout(path: Path, columns: tuple[str, ...]) -> dict[str, int]:
         if best_missing is None or len(missing) < len(best_missing):
             best_missing = missing
     raise LogFormatError(
-        f"{path}: missing required column(s) {best_missing}; found {list(stripped)[:40]}. "
-        f"Expected the log's columns {list(_LOG_LAYOUT.values())} "
+        f"{path}: missing required column(s) {best_missing}; its first line ({len(columns)} columns) "
+        f"starts {excerpt(header)}. Expected the log's columns {list(_LOG_LAYOUT.values())} "
         f"or the published columns {list(_PUBLISHED_LAYOUT.values())}"
     )
-
-
-def _line_pattern(log: LogFile) -> str:
-    """One anchored regex for a whole line: exactly len(columns) fields, roles captured."""
-    if log.separator == ",":
-        field = r'"(?:[^"]|"")*"|[^,"]*'  # RFC 4180: quoted (with "" escapes) or bare
-    else:
-        field = r"[^\t]*"
-    captured = {pos: role for role, pos in log.roles.items()}
-    parts = [
-        f"(?P<{captured[i]}>{field})" if i in captured else f"(?:{field})"
-        for i in range(len(log.columns))
-    ]
-    sep = "," if log.separator == "," else r"\t"
-    return "^" + sep.join(parts) + r"\r?$"
-
-
-def _unquote(col: pl.Expr) -> pl.Expr:
-    inner = col.str.slice(1, col.str.len_chars() - 2).str.replace_all('""', '"', literal=True)
-    return pl.when(col.str.starts_with('"')).then(inner).otherwise(col)
 
 
 def product_id(url: pl.Expr) -> pl.Expr:
@@ -191,42 +226,182 @@ def user_id(visitor: pl.Expr) -> pl.Expr:
     return pl.when(balanced).then(uuid.str.to_uppercase())
 
 
-def classify(log: LogFile, window: DayWindow) -> pl.LazyFrame:
-    """Every line of the file with its parsed fields, its day, and its reject reason (or null).
+# --------------------------------------------------------------------------- lines
 
-    Columns: ``line_number`` (1-based physical line; the header is line 1), ``raw_line``,
-    ``reason``, ``day`` (``YYYY-MM-DD`` for lines with an in-range timestamp) and the
-    published fields. Duplicates are not decided here (see ``day_events``).
+
+@dataclass
+class _Chunk:
+    """Whole physical lines of the file, in memory: ``buf[starts[i]:ends[i]]`` is line i
+    without its line ending, ``buf[starts[i]:stops[i]]`` with it."""
+
+    buf: bytes
+    offset: int  # file offset of buf[0]
+    first_line: int  # line number of line 0
+    starts: np.ndarray
+    ends: np.ndarray
+    stops: np.ndarray
+    lone_cr: np.ndarray  # positions of lone CRs that end a line
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def raw(self, i: int) -> bytes:
+        return self.buf[self.starts[i] : self.ends[i]]
+
+
+def _split_lines(buf: bytes, eof: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """(starts, ends, stops, lone CRs, bytes consumed) of the whole lines in ``buf``.
+
+    Before the end of the file, a trailing partial line (and a final CR, which may be
+    half of a CRLF) is left for the next chunk.
     """
-    lines = pl.scan_csv(
-        log.path,
-        has_header=False,
-        separator=_NO_SEPARATOR,
-        quote_char=None,
-        new_columns=["raw_line"],
-        schema_overrides={"raw_line": pl.String},
-        infer_schema=False,
-        skip_rows=1,
-        row_index_name="line_number",
-        row_index_offset=2,
-        truncate_ragged_lines=True,
-    ).with_columns(pl.col("line_number").cast(pl.Int64), pl.col("raw_line").fill_null(""))
+    a = np.frombuffer(buf, np.uint8)
+    n = len(a)
+    term = np.flatnonzero(a == _LF)
+    lone_cr = np.empty(0, np.int64)
+    if b"\r" in buf:
+        cr = np.flatnonzero(a == _CR)
+        after = a[np.minimum(cr + 1, n - 1)]
+        last = cr + 1 == n
+        lone_cr = cr[(~last & (after != _LF)) | (last & eof)]
+        term = np.union1d(term, lone_cr)
+    consumed = n if eof else (int(term[-1]) + 1 if len(term) else 0)
+    stops = term + 1
+    starts = np.concatenate(([0], stops[:-1])) if len(stops) else stops
+    ends = term.copy()
+    if b"\r" in buf and len(term):  # CRLF: the CR belongs to the line ending, not to the line
+        ends -= (a[term] == _LF) & (term > starts) & (a[np.maximum(term - 1, 0)] == _CR)
+    if eof and consumed > (int(stops[-1]) if len(stops) else 0):  # a last line without a line ending
+        starts = np.append(starts, stops[-1] if len(stops) else 0)
+        ends = np.append(ends, n)
+        stops = np.append(stops, n)
+    return starts.astype(np.int64), ends.astype(np.int64), stops.astype(np.int64), lone_cr, consumed
 
-    # Each step's columns are materialised once: inlined, Polars would re-run the regex
-    # and re-parse the timestamp for every expression that uses them (10x slower).
-    roles = list(log.roles)
-    fields = lines.with_columns(
-        pl.col("raw_line").str.extract_groups(_line_pattern(log)).alias("_fields")
-    ).unnest("_fields")
-    product = product_id(pl.col("url").str.strip_chars()) if log.has_product_urls else pl.col("product").str.strip_chars()
-    if log.separator == ",":  # tab-separated logs have no quoting: their quotes are data
-        fields = fields.with_columns(_unquote(pl.col(r)).alias(r) for r in roles)
+
+def _chunks(log: LogFile, chunk_bytes: int) -> Iterator[_Chunk]:
+    """The file's data lines, a chunk of whole lines at a time."""
+    line = 2  # the header is line 1
+    offset = log.data_offset
+    carry = b""
+    with log.path.open("rb") as f:
+        f.seek(offset)
+        eof = False
+        while not eof:
+            block = f.read(chunk_bytes)
+            eof = not block
+            buf = carry + block if carry else block
+            if not buf:
+                break
+            starts, ends, stops, lone_cr, consumed = _split_lines(buf, eof)
+            if consumed == 0:  # one line longer than a chunk: read on
+                carry = buf
+                continue
+            yield _Chunk(buf[:consumed], offset, line, starts, ends, stops, lone_cr)
+            line += len(starts)
+            offset += consumed
+            carry = buf[consumed:]
+
+
+def _line_of(chunk: _Chunk, positions: np.ndarray) -> np.ndarray:
+    return np.searchsorted(chunk.starts, positions, side="right") - 1
+
+
+def _byte_checks(chunk: _Chunk, log: LogFile, max_line_bytes: int) -> np.ndarray:
+    """Per line, the first byte-level rule it breaks (a ``_BYTE_REASONS`` code) or 0."""
+    a = np.frombuffer(chunk.buf, np.uint8)
+    n_lines = len(chunk)
+    code = np.zeros(n_lines, np.int8)
+
+    # Field count, quoting aware: separators between a quote pair are data.
+    sep = ord(log.separator)
+    seps = np.flatnonzero(a == sep)
+    fields = 1 + np.searchsorted(seps, chunk.ends) - np.searchsorted(seps, chunk.starts)
+    bad_quoting = np.zeros(n_lines, bool)
+    if log.quoted and b'"' in chunk.buf:
+        q = np.flatnonzero(a == _QUOTE)
+        line = _line_of(chunk, q)
+        first_q = np.searchsorted(q, chunk.starts)
+        n_q = np.searchsorted(q, chunk.ends) - first_q
+        k = np.arange(len(q)) - first_q[line]  # the quote's rank in its line
+        opening = k % 2 == 0
+        prev = a[np.maximum(q - 1, 0)]
+        nxt = a[np.minimum(q + 1, len(a) - 1)]
+        at_start, at_end = q == chunk.starts[line], q + 1 == chunk.ends[line]
+        # RFC 4180: a quoted field starts a field and ends right before a separator or the
+        # line's end; a doubled quote inside it closes and reopens.
+        open_ok = at_start | (prev == sep) | (prev == _QUOTE)
+        close_ok = at_end | (nxt == sep) | (nxt == _QUOTE)
+        well_formed = np.where(opening, open_ok, close_ok) & (n_q[line] % 2 == 0)
+        bad_quoting[line[~well_formed]] = True
+        pairs = np.flatnonzero(opening & (n_q[line] % 2 == 0))
+        quoted_seps = np.searchsorted(seps, q[pairs + 1]) - np.searchsorted(seps, q[pairs])
+        fields -= np.bincount(line[pairs], weights=quoted_seps, minlength=n_lines).astype(np.int64)
+    code[(fields != len(log.columns)) | bad_quoting] = 3
+
+    code[chunk.ends - chunk.starts > max_line_bytes] = 2
+
+    if b"\x00" in chunk.buf:
+        code[_line_of(chunk, np.flatnonzero(a == 0))] = 1
+    if not chunk.buf.isascii():
+        try:
+            chunk.buf.decode("utf-8")  # a line end is never inside a UTF-8 sequence
+        except UnicodeDecodeError:
+            for i in np.unique(_line_of(chunk, np.flatnonzero(a >= 0x80))):
+                try:
+                    chunk.raw(i).decode("utf-8")
+                except UnicodeDecodeError:
+                    code[i] = 1
+    return code
+
+
+def _read_fields(chunk: _Chunk, log: LogFile, passing: np.ndarray) -> pl.DataFrame:
+    """The role columns of the lines that passed the byte checks, parsed by Polars' reader."""
+    buf = chunk.buf
+    if len(chunk.lone_cr):  # Polars knows one line ending: make lone CRs LFs (a copy)
+        fixed = bytearray(buf)
+        np.frombuffer(fixed, np.uint8)[chunk.lone_cr] = _LF
+        buf = bytes(fixed)
+    edges = np.diff(np.concatenate(([0], passing.view(np.int8), [0])))
+    first, last = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1
+    view = memoryview(buf)
+    runs = [view[chunk.starts[i] : chunk.stops[j]] for i, j in zip(first.tolist(), last.tolist(), strict=True)]
+    data = bytes(runs[0]) if len(runs) == 1 else b"".join(runs)
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    names = {pos: role for role, pos in log.roles.items()}
+    frame = pl.read_csv(
+        data,
+        has_header=False,
+        separator=log.separator,
+        quote_char='"' if log.quoted else None,
+        new_columns=[names.get(i, f"_{i}") for i in range(len(log.columns))],
+        columns=sorted(names),
+        infer_schema=False,
+        empty_string_is_null=False,
+        raise_if_empty=False,
+    )
+    if frame.height != int(passing.sum()):  # the byte checks should make this impossible
+        raise RuntimeError(f"{log.path}: read {frame.height} rows from {int(passing.sum())} checked lines")
+    return frame
+
+
+def _by_distinct_value(fields: pl.DataFrame, column: str, derive: pl.Expr) -> pl.Series:
+    """``derive`` applied to ``column``, computed once per distinct value: a log repeats
+    its visitors and product pages, and the regexes are the costly part."""
+    mapping = fields.select(pl.col(column).unique()).with_columns(derive.alias("_derived"))
+    joined = fields.select(column).join(mapping, on=column, how="left", maintain_order="left", nulls_equal=True)
+    return joined["_derived"]
+
+
+def _parse(fields: pl.DataFrame, log: LogFile, window: DayWindow) -> pl.DataFrame:
+    """Published fields, reason (or null) and day index of parsed lines."""
+    if log.has_product_urls:
+        product = _by_distinct_value(fields, "url", product_id(pl.col("url").str.strip_chars()))
+    else:
+        product = fields["product"].str.strip_chars()
     parsed = fields.select(
-        "line_number",
-        "raw_line",
-        pl.col(roles[0]).is_not_null().alias("_parsed"),
         pl.col("timestamp").str.strip_chars().cast(pl.Int64, strict=False).alias("original_timestamp"),
-        user_id(pl.col("visitor")).alias("userId"),
+        _by_distinct_value(fields, "visitor", user_id(pl.col("visitor"))).alias("userId"),
         pl.col("ip").str.strip_chars().alias("ip"),
         product.alias("productId"),
         pl.col("user_agent").alias("userAgent"),
@@ -234,87 +409,247 @@ def classify(log: LogFile, window: DayWindow) -> pl.LazyFrame:
     ts = pl.col("original_timestamp")
     in_range = (ts >= window.start_epoch_s) & (ts < window.end_epoch_s)
     reason = (
-        pl.when(~pl.col("_parsed"))
-        .then(pl.lit(RejectReason.MALFORMED_LINE.value))
-        .when(ts.is_null())
+        pl.when(ts.is_null())
         .then(pl.lit(RejectReason.INVALID_TIMESTAMP.value))
-        .when(~pl.col("_in_range"))
+        .when(~in_range)
         .then(pl.lit(RejectReason.OUT_OF_RANGE.value))
         .when(pl.col("userId").is_null())
         .then(pl.lit(RejectReason.INVALID_USER_ID.value))
-        .when(pl.col("ip").is_null() | (pl.col("ip") == ""))
+        .when(pl.col("ip") == "")
         .then(pl.lit(RejectReason.MISSING_IP.value))
     )
-    return (
-        parsed.with_columns(in_range.alias("_in_range"))
-        .with_columns(
-            reason.alias("reason"),
-            pl.when("_in_range").then(pl.from_epoch(ts, "s").dt.date().cast(pl.String)).alias("day"),
-            pl.when(pl.col("productId") != "").then("productId").alias("productId"),
-            pl.when(pl.col("userAgent") != "").then("userAgent").alias("userAgent"),
-        )
-        .select("line_number", "raw_line", "reason", "day", *PUBLISHED_COLUMNS)
+    return parsed.with_columns(
+        reason.alias("reason"),
+        pl.when(in_range).then((ts - window.start_epoch_s) // 86400).cast(pl.Int32).alias("day_index"),
+        pl.when(pl.col("productId") != "").then("productId").alias("productId"),
+        pl.when(pl.col("userAgent") != "").then("userAgent").alias("userAgent"),
     )
 
 
-@dataclass(frozen=True)
-class StagedLog:
-    """Every line of the log, classified, in one local Parquet file after one scan.
+# --------------------------------------------------------------------------- staging
 
-    Reading a day back filters on ``day``; the log is roughly in time order, so
-    Parquet row-group statistics skip most of the file.
+
+_KEPT_SCHEMA = pl.Schema(
+    {"line_number": pl.Int64, "offset": pl.Int64, "length": pl.Int64, **EVENTS_SCHEMA}
+)
+_REJECTED_SCHEMA = pl.Schema({**REJECTS_SCHEMA, "day": pl.String})
+
+
+@dataclass
+class _Buckets:
+    """Frames by key (a day, or ``rejects``), in memory until a budget, then spilled to Parquet."""
+
+    directory: Path
+    budget: int
+    frames: dict[str, list[pl.DataFrame]] = field(default_factory=dict)
+    files: dict[str, list[Path]] = field(default_factory=dict)
+    size: int = 0
+    spills: int = 0
+
+    def add(self, key: str, frame: pl.DataFrame) -> None:
+        if frame.height:
+            self.frames.setdefault(key, []).append(frame)
+            self.size += frame.estimated_size()
+        if self.size > self.budget:
+            self.spill()
+
+    def spill(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for key, frames in self.frames.items():
+            path = self.directory / f"{key}-{self.spills:05d}.parquet"
+            pl.concat(frames).write_parquet(path, compression="lz4", statistics=False)
+            self.files.setdefault(key, []).append(path)
+        self.frames, self.size, self.spills = {}, 0, self.spills + 1
+
+    @property
+    def spilled(self) -> bool:
+        return self.spills > 0
+
+    def get(self, key: str, schema: pl.Schema) -> pl.DataFrame:
+        """All of a key's rows, in the order they were added."""
+        parts = [pl.read_parquet(p) for p in self.files.get(key, [])] + self.frames.get(key, [])
+        return pl.concat(parts) if parts else pl.DataFrame(schema=schema)
+
+
+@dataclass
+class StagedLog:
+    """Every line of the log, classified after one scan: kept rows by day, and rejects.
+
+    ``day_events`` and ``rejects`` decide a day's duplicates once, on first use.
     """
 
-    path: Path
+    log: LogFile
     window: DayWindow
+    directory: Path
+    lines: int  # physical data lines (the header excluded)
+    _buckets: _Buckets
+    _version: tuple[int, int]
+    _events: dict[str, pl.LazyFrame] = field(default_factory=dict)
+    _duplicates: dict[str, pl.DataFrame] = field(default_factory=dict)
 
-    def _split_day(self, day: str) -> tuple[Path, Path]:
-        """Deduplicate one day, once: its kept events, and the line numbers of its duplicates.
+    def _split_day(self, day: str) -> None:
+        if day in self._events:
+            return
+        if day not in self.window.days():
+            raise ValueError(f"{day} is not a day of the dataset ({self.window.days()[0]}..{self.window.days()[-1]})")
+        rows = self._buckets.get(day, _KEPT_SCHEMA)
+        first = rows.select(pl.struct(*PUBLISHED_COLUMNS).is_first_distinct()).to_series()
+        events = rows.filter(first).sort("original_timestamp", "line_number").select(PUBLISHED_COLUMNS)
+        duplicates = rows.filter(~first).select("line_number", "offset", "length")
+        self._duplicates[day] = self._with_raw_lines(duplicates).with_columns(
+            reason=pl.lit(RejectReason.DUPLICATE.value), day=pl.lit(day)
+        )
+        if self._buckets.spilled:  # a big log: keep no day in memory
+            path = self.directory / f"events-{day}.parquet"
+            events.write_parquet(path, compression="lz4", statistics=False)
+            self._events[day] = pl.scan_parquet(path)
+        else:
+            self._events[day] = events.lazy()
 
-        One day in memory at a time (without the raw text); both results are kept beside
-        the staged lines, so reading them again is a cheap scan.
-        """
-        events = self.path.with_name(f"events-{day}.parquet")
-        duplicates = self.path.with_name(f"duplicates-{day}.parquet")
-        if not events.exists():
-            lines = pl.scan_parquet(self.path).filter((pl.col("day") == day) & pl.col("reason").is_null())
-            first = pl.struct(*PUBLISHED_COLUMNS).is_first_distinct()
-            flagged = lines.select("line_number", *PUBLISHED_COLUMNS).sort("line_number").with_columns(first=first).collect()
-            flagged.filter("first").sort("original_timestamp", "line_number").select(PUBLISHED_COLUMNS).write_parquet(events)
-            flagged.filter(~pl.col("first")).select("line_number").write_parquet(duplicates)
-        return events, duplicates
+    def _with_raw_lines(self, lines: pl.DataFrame) -> pl.DataFrame:
+        """Lines' raw bytes, read back from the log by offset (duplicates only: few)."""
+        stat = self.log.path.stat()
+        if (stat.st_size, stat.st_mtime_ns) != self._version:
+            raise LogFormatError(f"{self.log.path} changed while it was being prepared: prepare it again")
+        with self.log.path.open("rb") as f:
+            fd = f.fileno()
+            raw = [os.pread(fd, n, o) for o, n in zip(lines["offset"].to_list(), lines["length"].to_list(), strict=True)]
+        return lines.select("line_number", raw_line=pl.Series(raw, dtype=pl.Binary))
 
     def day_events(self, day: str) -> pl.LazyFrame:
         """The day's kept page views, sorted by time; ties keep file order."""
-        return pl.scan_parquet(self._split_day(day)[0])
+        self._split_day(day)
+        return self._events[day]
 
     def rejects(self, day: str | None = None) -> pl.LazyFrame:
         """Lines not kept (rule breakers and duplicates), by line number; with ``day``,
         only those dated on that day (lines without a valid date belong to no day)."""
         days = self.window.days() if day is None else [day]
-        # The raw text is fetched for duplicates only, by line number.
-        duplicate_lines = pl.read_parquet([self._split_day(d)[1] for d in days])["line_number"]
-        lines = pl.scan_parquet(self.path)
-        duplicates = lines.filter(pl.col("line_number").is_in(duplicate_lines.implode())).with_columns(
-            reason=pl.lit(RejectReason.DUPLICATE.value)
-        )
-        broken = lines.filter(pl.col("reason").is_not_null())
+        for d in days:
+            self._split_day(d)
+        broken = self._buckets.get("rejects", _REJECTED_SCHEMA)
         if day is not None:
             broken = broken.filter(pl.col("day") == day)
-        return pl.concat([duplicates, broken]).select(REJECTS_SCHEMA.names()).sort("line_number")
+        parts = [broken.select(REJECTS_SCHEMA.names())]
+        parts += [self._duplicates[d].select(REJECTS_SCHEMA.names()) for d in days]
+        return pl.concat(parts).sort("line_number").lazy()
 
 
-def stage_log(log: LogFile, window: DayWindow, directory: Path) -> StagedLog:
-    """Scan the file once, streaming, into ``directory/lines.parquet``.
+@dataclass
+class _Classified:
+    kept: dict[str, pl.DataFrame]  # by day
+    rejected: pl.DataFrame
 
-    One output file, not one per day: Polars' partitioned sink buffers whole
-    partitions (6 GB for 10M lines), a single sink stays around 0.7 GB.
+
+def _collect(classified: _Classified, buckets: _Buckets) -> None:
+    for day, frame in classified.kept.items():
+        buckets.add(day, frame)
+    buckets.add("rejects", classified.rejected)
+
+
+def _classify_chunk(chunk: _Chunk, log: LogFile, window: DayWindow, max_line_bytes: int) -> _Classified:
+    """Every line of one chunk: kept rows by day, or rejected with its reason and raw bytes."""
+    days = window.days()
+    code = _byte_checks(chunk, log, max_line_bytes)
+    line_numbers = np.arange(chunk.first_line, chunk.first_line + len(chunk), dtype=np.int64)
+    passing = code == 0
+    rejected_idx: list[np.ndarray] = []
+    rejected_reason: list[pl.Series] = []
+    rejected_day: list[pl.Series] = []
+    kept_by_day: dict[str, pl.DataFrame] = {}
+    if not passing.all():
+        idx = np.flatnonzero(~passing)
+        rejected_idx.append(idx)
+        names = np.array([""] + [r.value for r in _BYTE_REASONS.values()])
+        rejected_reason.append(pl.Series(names[code[idx]], dtype=pl.String))
+        rejected_day.append(pl.Series([None] * len(idx), dtype=pl.String))
+    if passing.any():
+        idx = np.flatnonzero(passing)
+        parsed = _parse(_read_fields(chunk, log, passing), log, window).with_columns(
+            idx=pl.Series(idx), line_number=pl.Series(line_numbers[idx])
+        )
+        broken = parsed.filter(pl.col("reason").is_not_null())
+        if broken.height:
+            rejected_idx.append(broken["idx"].to_numpy())
+            rejected_reason.append(broken["reason"])
+            day = pl.from_epoch("original_timestamp", "s").dt.date().cast(pl.String)
+            rejected_day.append(broken.select(pl.when(pl.col("day_index").is_not_null()).then(day)).to_series())
+        kept = parsed.filter(pl.col("reason").is_null())
+        kept_idx = kept["idx"].to_numpy()
+        kept = kept.with_columns(
+            offset=pl.Series(chunk.offset + chunk.starts[kept_idx]),
+            length=pl.Series(chunk.ends[kept_idx] - chunk.starts[kept_idx]),
+        )
+        for (day_index,), frame in kept.partition_by("day_index", as_dict=True, maintain_order=True).items():
+            kept_by_day[days[day_index]] = frame.select(_KEPT_SCHEMA.names())
+    rejected = pl.DataFrame(schema=_REJECTED_SCHEMA)
+    if rejected_idx:
+        idx = np.concatenate(rejected_idx)
+        order = np.argsort(idx, kind="stable")
+        idx = idx[order]
+        raw = [chunk.buf[s:e] for s, e in zip(chunk.starts[idx].tolist(), chunk.ends[idx].tolist(), strict=True)]
+        rejected = pl.DataFrame(
+            {
+                "line_number": line_numbers[idx],
+                "reason": pl.concat(rejected_reason)[order],
+                "raw_line": pl.Series(raw, dtype=pl.Binary),
+                "day": pl.concat(rejected_day)[order],
+            },
+            schema=_REJECTED_SCHEMA,
+        )
+    return _Classified(kept_by_day, rejected)
+
+
+def stage_log(
+    log: LogFile,
+    window: DayWindow,
+    directory: Path,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    *,
+    chunk_bytes: int = _CHUNK_BYTES,
+    memory_budget_bytes: int = _MEMORY_BUDGET_BYTES,
+) -> StagedLog:
+    """Scan the file once, a chunk of lines at a time, classifying every line.
+
+    Kept rows stay in memory by day up to ``memory_budget_bytes``, past which they
+    are spilled to ``directory``; rejected lines keep their raw bytes.
     """
-    path = Path(directory) / "lines.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Kept lines keep their raw line too: duplicates, decided per day later, are rejects.
-    classify(log, window).sink_parquet(path, compression="lz4", row_group_size=64_000, engine="streaming")
-    return StagedLog(path=path, window=window)
+    if max_line_bytes <= 0:
+        raise ValueError(f"max_line_bytes must be positive, got {max_line_bytes}")
+    directory = Path(directory)
+    stat = log.path.stat()
+    buckets = _Buckets(directory, memory_budget_bytes)
+    lines = 0
+    # NumPy and Polars release the GIL: while one chunk is checked, another is parsed.
+    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+        pending: deque[Future] = deque()
+        for chunk in _chunks(log, chunk_bytes):
+            pending.append(pool.submit(_classify_chunk, chunk, log, window, max_line_bytes))
+            lines += len(chunk)
+            while len(pending) > _THREADS:
+                _collect(pending.popleft().result(), buckets)
+        while pending:
+            _collect(pending.popleft().result(), buckets)
+    return StagedLog(
+        log=log,
+        window=window,
+        directory=directory,
+        lines=lines,
+        _buckets=buckets,
+        _version=(stat.st_size, stat.st_mtime_ns),
+    )
+
+
+def log_version(log: LogFile, *settings: object) -> str:
+    """A short key for this version of the log and the settings it is prepared with:
+    path, size, modification time, and the first and last 64 KiB of content."""
+    stat = log.path.stat()
+    digest = hashlib.sha256(repr((str(log.path.resolve()), stat.st_size, stat.st_mtime_ns, settings)).encode())
+    with log.path.open("rb") as f:
+        digest.update(f.read(1 << 16))
+        f.seek(max(stat.st_size - (1 << 16), 0))
+        digest.update(f.read(1 << 16))
+    return digest.hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -343,14 +678,17 @@ def count_by_reason(rejects: pl.LazyFrame) -> dict[str, int]:
 
 
 def count_data_lines(path: str | Path) -> int:
-    """Lines after the header, counted from raw bytes (independent of the Polars reader).
+    """Lines after the header, counted from raw bytes (independent of the staging code).
 
-    Used by the accounting check, so it must not share code with ``classify``.
+    A line ends at LF, CRLF or a lone CR; a last line without an ending counts too.
+    Used by the accounting check, so it must not share code with ``stage_log``.
     """
-    newlines, last = 0, b"\n"
+    breaks, last, previous = 0, b"", b""
     with Path(path).open("rb") as f:
         while chunk := f.read(1 << 24):
-            newlines += chunk.count(b"\n")
-            last = chunk[-1:]
-    lines = newlines + (0 if last == b"\n" else 1)
+            # CRLF is one break: count LFs and CRs, less the CRLF pairs (also across chunks).
+            breaks += chunk.count(b"\n") + chunk.count(b"\r") - chunk.count(b"\r\n")
+            breaks -= previous == b"\r" and chunk[:1] == b"\n"
+            previous = last = chunk[-1:]
+    lines = breaks + (0 if last in (b"\n", b"\r", b"") else 1)
     return max(lines - 1, 0)

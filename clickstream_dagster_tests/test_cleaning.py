@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clickstream_dagster.cleaning import (
+    DEFAULT_MAX_LINE_BYTES,
     PUBLISHED_COLUMNS,
     LogFormatError,
     RejectReason,
@@ -39,9 +40,9 @@ def write_log(tmp_path: Path, lines: list[str], header=HEADER, sep=",", name="lo
     return path
 
 
-def prepare(path: Path, tmp_path: Path):
+def prepare(path: Path, tmp_path: Path, **settings):
     """(kept rows of all days, rejects) for a log file."""
-    staged = stage_log(inspect_log(path), DATASET_WINDOW, tmp_path / "staging")
+    staged = stage_log(inspect_log(path), DATASET_WINDOW, tmp_path / "staging", **settings)
     kept = pl.concat([staged.day_events(day).collect() for day in DATASET_WINDOW.days()])
     return kept, staged.rejects().collect()
 
@@ -89,7 +90,7 @@ def test_each_broken_line_is_rejected_with_its_reason(tmp_path, raw, reason):
     kept, rejects = prepare(write_log(tmp_path, [line(), raw, line(ts=MAR1 + 5)]), tmp_path)
     assert kept.height == 2, "the good lines around the broken one are kept"
     assert reasons(rejects) == {3: reason.value}
-    assert rejects["raw_line"][0] == raw
+    assert rejects["raw_line"][0] == raw.encode()
 
 
 def test_an_unbalanced_quote_does_not_swallow_the_following_lines(tmp_path):
@@ -254,3 +255,136 @@ def test_property_every_line_is_kept_or_rejected_and_kept_rows_are_valid(tmp_pat
     assert kept["original_timestamp"].is_between(MAR1, MAR16, closed="left").all()
     assert (kept["ip"].str.len_chars() > 0).all()
     assert kept.unique().height == kept.height
+
+
+# ----------------------------------------------------------------- any bytes at all
+
+
+def write_bytes_log(tmp_path: Path, body: bytes, name="log.csv") -> Path:
+    path = tmp_path / name
+    path.write_bytes(",".join(HEADER).encode() + b"\n" + body)
+    return path
+
+
+def test_an_undecodable_byte_rejects_its_line_only_with_its_raw_bytes(tmp_path):
+    latin1 = line(ua="Mozilla caf\xe9").encode("latin-1")
+    body = line().encode() + b"\n" + latin1 + b"\n" + line(ts=MAR1 + 1, ua="caf\xe9").encode() + b"\n"
+    kept, rejects = prepare(write_bytes_log(tmp_path, body), tmp_path)
+    assert kept["userAgent"].to_list() == ["UA", "caf\xe9"], "valid UTF-8 is kept as text"
+    assert reasons(rejects) == {3: "invalid_encoding"}
+    assert rejects["raw_line"].to_list() == [latin1]
+
+
+@pytest.mark.parametrize("where", [0, 1, 2])
+def test_a_nul_byte_rejects_its_line_and_truncates_nothing(tmp_path, where):
+    lines = [line(ts=MAR1 + i, ua=f"agent {i} after") for i in range(3)]
+    raw = [x.encode() for x in lines]
+    raw[where] = raw[where].replace(b"agent", b"ag\x00ent")
+    kept, rejects = prepare(write_bytes_log(tmp_path, b"\n".join(raw) + b"\n"), tmp_path)
+    assert reasons(rejects) == {where + 2: "invalid_encoding"}
+    assert rejects["raw_line"].to_list() == [raw[where]]
+    assert kept["userAgent"].to_list() == [f"agent {i} after" for i in range(3) if i != where]
+
+
+@pytest.mark.parametrize("endings", [[b"\r"] * 3, [b"\r", b"\n", b"\r\n"], [b"\r\n", b"\r", b""]])
+def test_cr_only_and_mixed_line_endings_are_lines(tmp_path, endings):
+    lines = [line(ts=MAR1 + i, ua=f"ua{i}").encode() for i in range(3)]
+    path = tmp_path / "log.csv"
+    path.write_bytes(",".join(HEADER).encode() + b"\r" + b"".join(x + e for x, e in zip(lines, endings, strict=True)))
+    kept, rejects = prepare(path, tmp_path)
+    assert rejects.height == 0
+    assert kept["userAgent"].to_list() == ["ua0", "ua1", "ua2"]
+    assert count_data_lines(path) == 3
+
+
+def test_a_line_longer_than_the_setting_is_rejected_too_long(tmp_path):
+    huge = line(ua="x" * (5 << 20))  # a 5 MB user agent: more than a Kafka message
+    kept, rejects = prepare(write_log(tmp_path, [line(), huge, line(ts=MAR1 + 1, ua="y" * 100)]), tmp_path)
+    assert DEFAULT_MAX_LINE_BYTES == 64 * 1024
+    assert kept.height == 2 and reasons(rejects) == {3: "too_long"}
+    assert rejects["raw_line"][0] == huge.encode()
+    _, rejects = prepare(write_log(tmp_path, [line(), line(ts=MAR1 + 1, ua="y" * 100)]), tmp_path / "b", max_line_bytes=120)
+    assert reasons(rejects) == {3: "too_long"}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        bytes(range(256)) * 40,  # binary junk
+        ",".join(HEADER).encode("utf-16") + b"\n\x00",  # UTF-16
+        b"PK\x03\x04" + b"\x8f" * 5000 + b"\n" + b"\x01" * 5000,  # a zip file
+        ("a," * 500 + "\n1,2\n").encode(),  # a CSV, but not a log: many columns
+    ],
+)
+def test_a_file_that_is_not_a_log_fails_naming_it_with_a_short_excerpt(tmp_path, content):
+    path = tmp_path / "not-a-log.bin"
+    path.write_bytes(content)
+    with pytest.raises(LogFormatError) as error:
+        inspect_log(path)
+    message = str(error.value)
+    assert str(path) in message
+    # The expected columns, and at most a short excerpt of the file: no wall of junk.
+    assert len(message.replace(str(path), "")) < 500, message
+    assert message.count("a,") < 40, message
+
+
+def test_count_data_lines_counts_cr_and_crlf_endings_once(tmp_path):
+    (tmp_path / "c").write_bytes(b"h\r1\r\n2\n\r3\r")
+    assert count_data_lines(tmp_path / "c") == 4  # 1, 2, "", 3
+
+
+# Arbitrary bytes: valid and damaged lines mixed with binary junk, NUL, CR, invalid
+# UTF-8 and lines over the length limit, with any line endings and chunk size.
+_MAX_LINE = 300
+_any_bytes_line = st.one_of(
+    _good.map(str.encode),
+    _damaged.map(str.encode),
+    st.binary(max_size=80).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b"")),
+    _good.map(lambda x: x.encode().replace(b"UA", b"U\x00A").replace(b"www", b"w\xffw")),
+    st.sampled_from([b"\xc3", b"\xed\xa0\x80", b"\x00", b'"', b'","', b"caf\xc3\xa9"]).map(lambda b: line().encode() + b),
+    st.integers(_MAX_LINE - 2, _MAX_LINE + 2).map(lambda n: line(ua="u" * n).encode()[: max(n, 0)]),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lines=st.lists(st.one_of(_good.map(str.encode), _any_bytes_line), min_size=1, max_size=30).flatmap(
+        lambda xs: st.lists(st.sampled_from(xs), min_size=len(xs), max_size=len(xs) + 5)  # repeats: duplicates
+    ),
+    endings=st.lists(st.sampled_from([b"\n", b"\r\n", b"\r"]), min_size=40, max_size=40),
+    final_ending=st.booleans(),
+    chunk_bytes=st.sampled_from([1, 7, 64, 1 << 20]),
+)
+def test_property_any_bytes_every_line_accounted_for_and_raw_lines_round_trip(
+    tmp_path_factory, lines, endings, final_ending, chunk_bytes
+):
+    endings = endings[: len(lines)]
+    for i in range(len(lines) - 1):  # "\r" + "" + "\n..." would read as one CRLF
+        if endings[i] == b"\r" and lines[i + 1] == b"" and endings[i + 1].startswith(b"\n"):
+            endings[i + 1] = b"\r\n"
+    if not final_ending:  # the last line ends at the end of the file
+        if lines[-1] == b"":  # an empty last line without an ending would be no line at all
+            lines, endings = lines + [line().encode()], endings + [b""]
+        endings[-1] = b""
+    tmp_path = tmp_path_factory.mktemp("prop")
+    path = write_bytes_log(tmp_path, b"".join(x + e for x, e in zip(lines, endings, strict=True)))
+    kept, rejects = prepare(path, tmp_path, max_line_bytes=_MAX_LINE, chunk_bytes=chunk_bytes)
+    assert kept.height + rejects.height == len(lines) == count_data_lines(path)
+    assert rejects["line_number"].is_unique().all()
+    assert rejects.schema["raw_line"] == pl.Binary
+    for number, raw in zip(rejects["line_number"], rejects["raw_line"], strict=True):
+        assert raw == lines[number - 2], number  # byte-exact, whatever the bytes
+    assert kept["userId"].str.contains(r"^[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}$").all()
+    assert kept["original_timestamp"].is_between(MAR1, MAR16, closed="left").all()
+    assert kept.unique().height == kept.height
+
+
+def test_a_log_spilled_to_disk_prepares_the_same_as_in_memory(tmp_path):
+    from clickstream_dagster.generator import write_log as generate
+
+    path = tmp_path / "gen.csv"
+    generate(path, rows=3000, seed=4)
+    in_memory = prepare(path, tmp_path / "a")
+    spilled = prepare(path, tmp_path / "b", chunk_bytes=4096, memory_budget_bytes=1)
+    assert any((tmp_path / "b" / "staging").glob("*.parquet")), "nothing was spilled"
+    assert in_memory[0].equals(spilled[0]) and in_memory[1].equals(spilled[1])

@@ -1,10 +1,11 @@
 """The prepare assets on a real temporary Dagster instance: Parquet contents, metadata, checks."""
 
+import logging
 from pathlib import Path
 
 import polars as pl
 import pytest
-from dagster import AssetCheckKey, AssetKey, DagsterInstance, materialize
+from dagster import AssetCheckKey, AssetKey, DagsterInstance, build_output_context, build_resources, materialize
 
 from clickstream_dagster.assets import prepare
 from clickstream_dagster.cleaning import PUBLISHED_COLUMNS
@@ -118,3 +119,36 @@ def test_a_tab_separated_log_prepares_the_same_rows(tmp_path, dagster_instance):
     assert result.success
     kept = sum(pl.read_parquet(f).height for f in (tmp_path / "clickstream_events").glob("*.parquet"))
     assert kept == summary.kept_rows_expected
+
+
+def test_both_assets_in_one_run_scan_the_log_once(log, tmp_path, dagster_instance, monkeypatch):
+    from clickstream_dagster.resources import log_file
+
+    scans = []
+    real_stage = log_file.stage_log
+    monkeypatch.setattr(log_file, "stage_log", lambda *a, **k: scans.append(1) or real_stage(*a, **k))
+    path, summary = log
+    result = materialize(PREPARE[:2], resources=resources(path, tmp_path), instance=dagster_instance, tags=ALL_DAYS)
+    assert result.success and len(scans) == 1
+    [mat] = result.asset_materializations_for_node("clickstream_rejects")
+    assert mat.metadata["kept_lines"].value == summary.kept_rows_expected
+    # Kept and rejected counts by reason are logged at info level.
+    messages = [e.user_message for e in dagster_instance.all_logs(result.run_id) if e.level == logging.INFO]
+    assert any(f"{summary.kept_rows_expected:,} kept" in m and "duplicate" in m for m in messages)
+    # Alone, the rejects asset scans the log itself.
+    assert materialize(PREPARE[:2], selection=[prepare.clickstream_rejects], resources=resources(path, tmp_path), instance=dagster_instance).success
+    assert len(scans) == 2
+
+
+def test_a_failed_write_leaves_the_previous_day_file_and_no_temporary(log, tmp_path, dagster_instance):
+    path, _ = log
+    assert materialize(PREPARE[:1], resources=resources(path, tmp_path), instance=dagster_instance, partition_key="2012-03-03").success
+    day_file = tmp_path / "clickstream_events" / "2012-03-03.parquet"
+    before = pl.read_parquet(day_file)
+    failing = pl.LazyFrame({"original_timestamp": ["12", "x"]}).select(pl.col("original_timestamp").cast(pl.Int64))
+    context = build_output_context(asset_key=AssetKey("clickstream_events"), partition_key="2012-03-03", resources={})
+    with build_resources({"io": DailyParquetIOManager(base_dir=str(tmp_path))}) as built:
+        with pytest.raises(pl.exceptions.PolarsError):
+            built.io.handle_output(context, {"2012-03-03": failing})
+    assert pl.read_parquet(day_file).equals(before)
+    assert sorted(p.name for p in day_file.parent.iterdir()) == ["2012-03-03.parquet"]

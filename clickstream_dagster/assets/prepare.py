@@ -1,9 +1,15 @@
 """Prepare: the raw log cleaned into daily Parquet partitions, and every line not kept.
 
 Thin wiring around ``clickstream_dagster.cleaning``: the assets stage the log, hand the
-per-day frames to the IO manager, and report what happened as metadata.
+per-day frames to the IO manager, and report what happened as metadata and log lines.
+
+One scan of the log serves both assets when they run together: the events step, when
+it covers every day, leaves the rejects in a file keyed by the log's version (path,
+size, modification time, content at both ends, settings); the rejects step, which runs
+after it, takes them from there, and scans the log itself only when they are missing.
 """
 
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,15 +31,20 @@ from dagster import (
 from clickstream_dagster.assets.metadata import counts_table, epoch_text, numeric, preview
 from clickstream_dagster.cleaning import (
     PUBLISHED_COLUMNS,
+    LogFile,
     count_by_reason,
     count_data_lines,
-    stage_log,
+    log_version,
     summarize_events,
 )
 from clickstream_dagster.partitions import DATASET_WINDOW, clickstream_days
 from clickstream_dagster.resources.log_file import ClickstreamLogFile
 
 PREPARE_GROUP = "prepare"
+
+# Where the events step leaves the rejects for the rejects step of the same run.
+SHARED_REJECTS_DIR = Path(tempfile.gettempdir()) / "clickstream-prepare"
+_LINES_KEY = "clickstream/data_lines"
 
 # The log file itself: not computed here, observed by the clickstream_log_changed sensor.
 clickstream_csv = AssetSpec(
@@ -42,6 +53,28 @@ clickstream_csv = AssetSpec(
     kinds={"csv"},
     description="The recorded page-view log (CLICKSTREAM_CSV), comma- or tab-separated.",
 )
+
+
+def _shared_rejects(log: LogFile, clickstream_log: ClickstreamLogFile) -> Path:
+    key = log_version(log, DATASET_WINDOW, clickstream_log.max_line_bytes)
+    return SHARED_REJECTS_DIR / f"rejects-{key}.parquet"
+
+
+def _share_rejects(path: Path, rejects: pl.DataFrame, lines: int) -> None:
+    """Write atomically, and drop what earlier versions of the log left behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob("rejects-*.parquet"):
+        if stale != path:
+            stale.unlink(missing_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    rejects.write_parquet(temporary, compression="lz4", metadata={_LINES_KEY: str(lines)})
+    os.replace(temporary, path)
+
+
+def _log_counts(context: AssetExecutionContext, lines: int, rejects: dict[str, int]) -> None:
+    rejected = sum(rejects.values())
+    by_reason = ", ".join(f"{reason} {n:,}" for reason, n in sorted(rejects.items())) or "none"
+    context.log.info(f"{lines:,} lines: {lines - rejected:,} kept, {rejected:,} rejected ({by_reason})")
 
 
 @asset(
@@ -61,7 +94,7 @@ def clickstream_events(
     log = clickstream_log.inspect()
     days = context.partition_keys
     with tempfile.TemporaryDirectory(prefix="clickstream-staging-") as staging_dir:
-        staged = stage_log(log, DATASET_WINDOW, Path(staging_dir))
+        staged = clickstream_log.stage(DATASET_WINDOW, Path(staging_dir))
         frames = {}
         for day in days:
             frames[day] = staged.day_events(day)
@@ -86,32 +119,65 @@ def clickstream_events(
                 partition_key=day,
             )
             context.log.info(f"{day}: {summary.rows} page views kept, {sum(rejects.values())} rejected")
-        # Yielded inside the ``with``: the IO manager writes the frames (which read the
-        # staging files lazily) before the generator resumes and the directory goes.
+        if set(days) == set(DATASET_WINDOW.days()):
+            all_rejects = staged.rejects().collect()
+            _log_counts(context, staged.lines, count_by_reason(all_rejects.lazy()))
+            _share_rejects(_shared_rejects(log, clickstream_log), all_rejects, staged.lines)
+        # Yielded inside the ``with``: the IO manager writes the frames (which may read
+        # the staging files lazily) before the generator resumes and the directory goes.
         yield Output(frames)
 
 
 @asset(
-    deps=[clickstream_csv],
+    # After the events: when both run, it takes the rejects from the events' scan.
+    deps=[clickstream_csv, clickstream_events],
+    # Unpartitioned, but selectable with the events over a range of days in one run
+    # (`dagster asset materialize --partition-range` needs every asset single-run).
+    backfill_policy=BackfillPolicy.single_run(),
     io_manager_key="parquet_io_manager",
     group_name=PREPARE_GROUP,
     kinds={"polars", "parquet"},
-    description="Every log line not kept in clickstream_events: line number, reason, raw line.",
+    description="Every log line not kept in clickstream_events: line number, reason, raw line "
+    "(the line's bytes as in the file, without its line ending).",
 )
 def clickstream_rejects(context: AssetExecutionContext, clickstream_log: ClickstreamLogFile) -> pl.DataFrame:
     log = clickstream_log.inspect()
-    with tempfile.TemporaryDirectory(prefix="clickstream-staging-") as staging_dir:
-        rejects = stage_log(log, DATASET_WINDOW, Path(staging_dir)).rejects().collect()
+    shared = _shared_rejects(log, clickstream_log)
+    try:
+        lines = int(pl.read_parquet_metadata(shared)[_LINES_KEY])
+        rejects = pl.read_parquet(shared)
+        shared.unlink(missing_ok=True)
+        context.log.info(f"rejects taken from this version of {log.path.name}'s scan by clickstream_events")
+    except (FileNotFoundError, KeyError, OSError):
+        with tempfile.TemporaryDirectory(prefix="clickstream-staging-") as staging_dir:
+            staged = clickstream_log.stage(DATASET_WINDOW, Path(staging_dir))
+            rejects, lines = staged.rejects().collect(), staged.lines
     by_reason = count_by_reason(rejects.lazy())
+    _log_counts(context, lines, by_reason)
     context.add_output_metadata(
         {
-            **numeric({"rejected_lines": rejects.height, **{f"rejected_{k}": v for k, v in by_reason.items()}}),
+            **numeric(
+                {
+                    "data_lines": lines,
+                    "kept_lines": lines - rejects.height,
+                    "rejected_lines": rejects.height,
+                    **{f"rejected_{k}": v for k, v in by_reason.items()},
+                }
+            ),
             "rejects_by_reason": counts_table(by_reason, "reason"),
-            "preview": preview(rejects),
+            "preview": preview(
+                rejects.head(10).with_columns(pl.col("raw_line").map_elements(_printable, return_dtype=pl.String))
+            ),
             "source": MetadataValue.path(str(log.path)),
         }
     )
     return rejects
+
+
+def _printable(raw: bytes) -> str:
+    """A raw line as the UI can show it: undecodable bytes replaced, long lines cut."""
+    text = raw.decode("utf-8", errors="replace")
+    return text if len(text) <= 200 else text[:200] + f"... ({len(raw):,} bytes)"
 
 
 @asset_check(

@@ -1,5 +1,8 @@
 """Partitioned Parquet storage for the prepared days, on dagster-polars."""
 
+import io
+import os
+import uuid
 from typing import Any
 
 import polars as pl
@@ -9,13 +12,20 @@ from dagster_polars import PolarsParquetIOManager
 # Private, but it is the one place dagster-polars maps fsspec credentials to Polars'.
 from dagster_polars.io_managers.parquet import _remap_fsspec_storage_options
 
+_LOCAL_PROTOCOLS = ("", "file", "local")
+
 
 class DailyParquetIOManager(PolarsParquetIOManager):
-    """dagster-polars' Parquet IO manager, with two changes.
+    """dagster-polars' Parquet IO manager, with three changes.
 
     - A single run may cover a range of days (one scan of the log prepares them all),
       so a partitioned output is a ``{partition_key: frame}`` dict written one file per
       day. The stock UPath IO manager refuses outputs spanning several partitions.
+    - Every file replaces the previous version atomically, so a killed prepare leaves
+      each day as it was and a reader (a replay) never sees half a file: on a local
+      filesystem the file is written under a hidden temporary name in the same
+      directory, then renamed over the old one; on object storage it is one PUT of the
+      complete file.
     - Loading uses Polars 2's ``scan_parquet`` signature: dagster-polars 0.27 still
       passes ``rechunk=``/``retries=``, which Polars 2 removed.
 
@@ -46,7 +56,67 @@ class DailyParquetIOManager(PolarsParquetIOManager):
             else:
                 self.write_df_to_path(context, frame, path)
 
+    def write_df_to_path(self, context: OutputContext, df: pl.DataFrame, path: Any) -> None:
+        self._replace(context, df.lazy(), path)
+
+    def sink_df_to_path(self, context: OutputContext, df: pl.LazyFrame, path: Any) -> None:
+        self._replace(context, df, path)
+
+    def _replace(self, context: OutputContext, frame: pl.LazyFrame, path: Any) -> None:
+        options = context.definition_metadata or {}
+        write = {
+            "compression": options.get("compression", "zstd"),
+            "compression_level": options.get("compression_level"),
+            "statistics": options.get("statistics", False),
+            "row_group_size": options.get("row_group_size"),
+        }
+        if getattr(path, "protocol", "") not in _LOCAL_PROTOCOLS:
+            # Object storage: an object appears whole when its upload completes.
+            buffer = io.BytesIO()
+            frame.collect(engine="streaming").write_parquet(buffer, **write)
+            path.write_bytes(buffer.getvalue())
+            return
+        target = os.fspath(path)
+        directory, name = os.path.split(target)
+        _remove_stale_temporaries(directory, name)
+        # Hidden (dot) name: Parquet dataset readers skip it; the pid says whose it is.
+        temporary = os.path.join(directory, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            frame.sink_parquet(temporary, **write)
+            os.replace(temporary, target)
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+
     def scan_df_from_path(self, path: Any, context: InputContext, partition_key: str | None = None) -> pl.LazyFrame:
         return pl.scan_parquet(
             str(path), storage_options=_remap_fsspec_storage_options(self.storage_options)
         )
+
+
+def _remove_stale_temporaries(directory: str, name: str) -> None:
+    """Delete temporaries of ``name`` left by writers that no longer run (a kill -9)."""
+    prefix = f".{name}."
+    try:
+        entries = os.listdir(directory)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if not (entry.startswith(prefix) and entry.endswith(".tmp")):
+            continue
+        pid = entry[len(prefix) :].split(".", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            try:
+                os.unlink(os.path.join(directory, entry))
+            except FileNotFoundError:
+                pass
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
