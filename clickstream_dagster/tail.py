@@ -262,6 +262,9 @@ class _Tail:
     limit: int | None
     idle_timeout_s: float | None
     from_beginning: bool
+    # read_committed: what a replay committed, never the records of an attempt that crashed
+    # before its commit (Kafka marks those aborted; a read_uncommitted reader still sees them).
+    read_committed: bool = True
     count: int = 0
     started: float = field(default_factory=time.monotonic)
     consumer: Any = None
@@ -278,6 +281,7 @@ class _Tail:
                 **settings.client_config(),
                 group_id=None,
                 enable_auto_commit=False,
+                isolation_level="read_committed" if self.read_committed else "read_uncommitted",
             )
         except (KafkaError, OSError) as error:
             raise settings.unavailable("connecting", error) from error
@@ -398,6 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after S seconds without a message (default: follow until Ctrl-C)",
     )
     parser.add_argument(
+        "--read-uncommitted",
+        action="store_true",
+        help="also show records of transactions not committed (yet, or ever: an aborted replay "
+        "attempt); the default shows what a read_committed consumer reads",
+    )
+    parser.add_argument(
         "--format",
         choices=("table", "json"),
         default="table",
@@ -430,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         limit=args.limit,
         idle_timeout_s=args.timeout,
         from_beginning=args.from_beginning,
+        read_committed=not args.read_uncommitted,
     )
     kafka_logger = logging.getLogger("kafka")
     kafka_level = kafka_logger.level

@@ -201,6 +201,37 @@ def test_from_now_prints_exactly_the_new_messages(
     assert all(json.loads(line)["headers"]["dagster_run_id"] == "run-new" for line in stdout.splitlines())
 
 
+def test_aborted_records_are_hidden_unless_asked_for(kafka_bootstrap_servers, kafka_topic) -> None:
+    """A replay attempt that crashed before its commit leaves aborted records: not shown by default."""
+    aborted = _replay_messages(_events(5, "aborted"), run_id="run-crashed")
+    committed = _replay_messages(_events(5, "committed"), run_id="run-resumed")
+    producer = KafkaProducer(
+        bootstrap_servers=kafka_bootstrap_servers, transactional_id=f"tail-test-{uuid.uuid4().hex[:8]}"
+    )
+    try:
+        producer.init_transactions()
+        producer.begin_transaction()
+        _produce(producer, kafka_topic, aborted)
+        producer.abort_transaction()
+        producer.begin_transaction()
+        positions = _produce(producer, kafka_topic, committed)
+        producer.commit_transaction()
+    finally:
+        producer.close(timeout=10)
+
+    # In every partition the aborted records come first: shown, they would be among the first five.
+    result = _run_tail(kafka_bootstrap_servers, "--topic", kafka_topic, "--from-beginning", "--format", "json",
+                       "--limit", "5", "--timeout", str(DEADLINE_S))
+    assert result.returncode == 0, result.stderr
+    _check_json_lines(result.stdout, committed, positions)
+
+    everything = _run_tail(kafka_bootstrap_servers, "--topic", kafka_topic, "--from-beginning", "--format", "json",
+                           "--limit", "10", "--timeout", str(DEADLINE_S), "--read-uncommitted")
+    assert everything.returncode == 0, everything.stderr
+    run_ids = [json.loads(line)["headers"]["dagster_run_id"] for line in everything.stdout.splitlines()]
+    assert sorted(run_ids) == ["run-crashed"] * 5 + ["run-resumed"] * 5
+
+
 def test_table_shows_product_and_original_time(kafka_bootstrap_servers, kafka_topic, producer) -> None:
     known = {
         "original_timestamp": 1330560000 + 3661,  # 2012-03-01 01:01:01 UTC
