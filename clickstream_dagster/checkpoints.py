@@ -127,3 +127,46 @@ def plan_replay(
     if mine.replay_id == replay_id or (resume and mine.status != ReplayStatus.FINISHED):
         return ReplayPlan(start_row=mine.next_row, resumed=mine)
     return ReplayPlan(start_row=0, resumed=None)
+
+
+def abandoned_reason(
+    checkpoint: Checkpoint | None, run_id: str, *, now_ms: int, lease_s: float, run_quiet_s: float
+) -> str | None:
+    """Why a run its Dagster instance still shows as started no longer replays; None while it may.
+
+    Judged from the day's latest checkpoint, which a live replay renews at every commit (at
+    least every few seconds). ``run_quiet_s``: how long since the run last logged anything.
+
+    - The run wrote it, still ``running``, and has not renewed it for ``lease_s``: the process
+      is gone (a live replay that cannot commit fails itself within its delivery timeout).
+    - The run wrote it as ``finished`` or ``stopped`` over ``lease_s`` ago, yet never ended: the
+      step is done, the process that would have ended the run is gone.
+    - A later attempt of the same replay wrote it, and the run has been silent for ``lease_s``:
+      it was fenced, and a live fenced run fails itself within its delivery timeout.
+
+    A run with no checkpoint of its own (waiting for the topic, or killed before it claimed
+    it) cannot be told apart from a live one: None.
+    """
+    if checkpoint is None or run_id not in (checkpoint.run_id, *checkpoint.run_ids):
+        return None
+    age_s = max(now_ms - checkpoint.heartbeat_ms, 0) / 1000
+    if checkpoint.run_id != run_id:
+        if run_quiet_s < lease_s:
+            return None
+        return (
+            f"a later attempt (run {checkpoint.run_id[:8]}) took its replay over, fencing it, "
+            f"and this run has logged nothing for {run_quiet_s:.0f} s"
+        )
+    if age_s < lease_s:
+        return None
+    if checkpoint.status == ReplayStatus.RUNNING:
+        return (
+            f"its replay has committed nothing for {age_s:.0f} s, at row {checkpoint.next_row}/"
+            f"{checkpoint.total} (a live replay commits every few seconds): the process running it "
+            f"({checkpoint.owner or 'unknown host'}) is gone"
+        )
+    return (
+        f"its replay {checkpoint.status.value} at row {checkpoint.next_row}/{checkpoint.total} "
+        f"{age_s:.0f} s ago, yet the run never ended: the process running it "
+        f"({checkpoint.owner or 'unknown host'}) is gone"
+    )

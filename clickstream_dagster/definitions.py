@@ -11,7 +11,8 @@
 
 Jobs (jobs.py): prepare_clickstream (a range of days in one run), replay_clickstream (a day).
 Live feed (sensors.py, feed.py): replay_feed, the days one after the other without a gap
-(stopped until switched on). Schedule (schedules.py): replay_cycle, a day at fixed times.
+(stopped until switched on). Watchdog (sensors.py, checkpoints.py): replay_watchdog fails the
+replay runs whose process is gone, judged by their checkpoints in Kafka. Schedule (schedules.py): replay_cycle, a day at fixed times.
 Resources: the log file, the Parquet IO manager (CLICKSTREAM_STORAGE_DIR) and the Kafka
 cluster (KAFKA_*). Everything that differs per deployment is an environment variable.
 """
@@ -27,7 +28,7 @@ from clickstream_dagster.resources.kafka import KafkaResource
 from clickstream_dagster.resources.log_file import DEFAULT_LOG_PATH, ClickstreamLogFile
 from clickstream_dagster.resources.parquet import DailyParquetIOManager
 from clickstream_dagster.schedules import replay_cycle
-from clickstream_dagster.sensors import clickstream_log_changed, replay_feed
+from clickstream_dagster.sensors import clickstream_log_changed, replay_feed, replay_watchdog
 
 
 def kafka_from_environment() -> KafkaResource:
@@ -50,7 +51,7 @@ defs = Definitions(
     asset_checks=[prepare.every_line_accounted_for, *prepare.EVENTS_CHECKS, replay.delivered_exactly_once],
     jobs=[prepare_clickstream, replay_clickstream],
     schedules=[replay_cycle],
-    sensors=[clickstream_log_changed, replay_feed],
+    sensors=[clickstream_log_changed, replay_feed, replay_watchdog],
     resources={
         "clickstream_log": ClickstreamLogFile(path=os.environ.get("CLICKSTREAM_CSV", str(DEFAULT_LOG_PATH))),
         # Unset: the Dagster instance's storage directory; or a local path / s3:// URL.

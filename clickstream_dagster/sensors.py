@@ -1,4 +1,5 @@
-"""Sensors: prepare again when the clickstream log changes; keep the live replay feed going."""
+"""Sensors: prepare again when the clickstream log changes; keep the live replay feed going;
+fail the replay runs whose process is gone."""
 
 import hashlib
 import json
@@ -11,6 +12,8 @@ from dagster import (
     AssetObservation,
     AssetRecordsFilter,
     DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
     RunsFilter,
@@ -24,10 +27,12 @@ from dagster import (
 # under: an observation tagged with the log's sha256 is the version every prepare run reads.
 from dagster._core.definitions.data_version import DATA_VERSION_TAG, get_input_data_version_tag
 
-# Private too: the tag Dagster's run retries put on a failed run it will re-execute.
-from dagster._core.storage.tags import WILL_RETRY_TAG
+# Private too: the tag Dagster's run retries put on a failed run it will re-execute, and the
+# one its run launcher puts on the runs it launched (a command-line run has none).
+from dagster._core.storage.tags import GRPC_INFO_TAG, WILL_RETRY_TAG
 
 from clickstream_dagster.assets.replay import DAY_TAG, DEFAULT_TOPIC, PACING_TAG, TOPIC_TAG, ReplayConfig
+from clickstream_dagster.checkpoints import abandoned_reason
 from clickstream_dagster.feed import (
     FAILED,
     FINISHED,
@@ -38,7 +43,9 @@ from clickstream_dagster.feed import (
     next_step,
 )
 from clickstream_dagster.jobs import prepare_clickstream, replay_clickstream
+from clickstream_dagster.kafka_client import BrokerUnavailable
 from clickstream_dagster.partitions import clickstream_days
+from clickstream_dagster.resources.kafka import KafkaResource
 from clickstream_dagster.resources.log_file import ClickstreamLogFile
 
 CLICKSTREAM_CSV_KEY = "clickstream_csv"
@@ -215,3 +222,66 @@ def replay_feed(context: SensorEvaluationContext):
         ],
         cursor=cursor,
     )
+
+
+REPLAY_WATCHDOG = "replay_watchdog"
+REPLAY_ASSET = AssetKey("click_data")
+
+
+def _replay_topic(run: DagsterRun) -> str:
+    config = run.run_config.get("ops", {}).get("click_data", {}).get("config", {}) if run.run_config else {}
+    return config.get("topic") or run.tags.get(TOPIC_TAG) or DEFAULT_TOPIC
+
+
+def _is_replay(run: DagsterRun) -> bool:
+    return run.job_name == replay_clickstream.name or REPLAY_ASSET in (run.asset_selection or ())
+
+
+@sensor(
+    name=REPLAY_WATCHDOG,
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Marks failed a replay run still shown as started whose process is gone (a command-line "
+    "run killed with kill -9; runs whose code server died with them), judged by the replay's checkpoint "
+    "in Kafka: a live replay renews it every few seconds. Dagster itself fails (and retries) a "
+    "daemon-launched run whose run worker dies.",
+)
+def replay_watchdog(context: SensorEvaluationContext, kafka: KafkaResource):
+    now = time.time()
+    started = [
+        record
+        for record in context.instance.get_run_records(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+        if _is_replay(record.dagster_run) and record.start_time and now - record.start_time >= kafka.lease_s
+    ]
+    if not started:
+        return SkipReason(f"no replay run has been running for over {kafka.lease_s:g} s")
+    try:
+        checkpoints = {(c.topic, c.day): c for c in kafka.checkpoints()}
+    except BrokerUnavailable as error:
+        return SkipReason(f"could not read the replays' checkpoints: {error}")
+    marked = []
+    for record in started:
+        run = record.dagster_run
+        last_events = context.instance.get_records_for_run(run.run_id, ascending=False, limit=1).records
+        last_event_at = last_events[0].event_log_entry.timestamp if last_events else record.start_time
+        checkpoint = checkpoints.get((_replay_topic(run), run.tags.get("dagster/partition")))
+        reason = abandoned_reason(
+            checkpoint, run.run_id, now_ms=int(now * 1000), lease_s=kafka.lease_s, run_quiet_s=now - last_event_at
+        )
+        if reason is None:
+            continue
+        launched = GRPC_INFO_TAG in run.tags
+        if not launched:
+            # Run from a command line: the person who ran it decides whether it goes on.
+            context.instance.add_run_tags(run.run_id, {WILL_RETRY_TAG: "false"})
+        context.instance.report_run_failed(
+            run,
+            message=f"{REPLAY_WATCHDOG}: {reason}. Everything committed stays committed: re-execute the run "
+            + ("(or let run retries do it) " if launched else "")
+            + "to resume its replay from the last committed row.",
+        )
+        context.log.warning(f"marked run {run.run_id} failed: {reason}")
+        marked.append(run.run_id[:8])
+    alive = len(started) - len(marked)
+    summary = f"{alive} replay run(s) alive" + (f"; marked failed: {', '.join(marked)}" if marked else "")
+    return SkipReason(summary)

@@ -1,11 +1,14 @@
 """Where a replay starts, and who holds a topic: the pure rules behind resume and the lease."""
 
+from dataclasses import replace
+
 import pytest
 
 from clickstream_dagster.checkpoints import (
     Checkpoint,
     ReplayStatus,
     TopicBusy,
+    abandoned_reason,
     plan_replay,
     transactional_id,
 )
@@ -72,3 +75,37 @@ def test_a_silent_replay_holds_the_topic_no_longer_after_the_lease():
 def test_replays_into_other_topics_do_not_matter():
     elsewhere = checkpoint(replay_id="A", topic="other-topic", age_s=0)
     assert plan([elsewhere]).start_row == 0
+
+
+def abandoned(record, run_id="run-A", run_quiet_s=0.0):
+    return abandoned_reason(record, run_id, now_ms=NOW, lease_s=40, run_quiet_s=run_quiet_s)
+
+
+def test_a_run_whose_replay_still_commits_is_left_alone():
+    assert abandoned(checkpoint(age_s=39)) is None
+    assert abandoned(checkpoint(age_s=39, status=ReplayStatus.FINISHED)) is None
+
+
+def test_a_run_whose_replay_stopped_committing_is_abandoned_naming_row_and_process():
+    reason = abandoned(checkpoint(age_s=41, next_row=37))
+    assert reason is not None and "committed nothing for 41 s" in reason and "37/100" in reason
+    assert "host pid 1" in reason
+
+
+def test_a_run_whose_step_ended_but_never_the_run_is_abandoned():
+    for status in (ReplayStatus.FINISHED, ReplayStatus.STOPPED):
+        reason = abandoned(checkpoint(age_s=60, status=status))
+        assert reason is not None and f"{status.value} at row 10/100 60 s ago" in reason
+
+
+def test_runs_with_no_checkpoint_of_their_own_cannot_be_judged():
+    assert abandoned(None) is None
+    # Another replay's checkpoint (this run may be waiting for the topic).
+    assert abandoned(checkpoint(replay_id="B", age_s=600), run_id="run-A", run_quiet_s=600) is None
+
+
+def test_a_run_taken_over_by_a_later_attempt_is_abandoned_once_silent():
+    later = replace(checkpoint(age_s=1), run_id="run-A2", run_ids=("run-A", "run-A2"))
+    assert abandoned(later, run_quiet_s=10) is None  # a live fenced run still reports its failure
+    reason = abandoned(later, run_quiet_s=45)
+    assert reason is not None and "(run run-A2) took its replay over" in reason

@@ -45,5 +45,9 @@ def test_automation_snapshot_and_what_runs_by_default():
     from dagster import DefaultScheduleStatus, DefaultSensorStatus
 
     sensors = {s.name: s.default_status for s in defs.sensors}
-    assert sensors == {"clickstream_log_changed": DefaultSensorStatus.RUNNING, "replay_feed": DefaultSensorStatus.STOPPED}
+    assert sensors == {
+        "clickstream_log_changed": DefaultSensorStatus.RUNNING,
+        "replay_feed": DefaultSensorStatus.STOPPED,
+        "replay_watchdog": DefaultSensorStatus.RUNNING,
+    }
     assert {s.name: s.default_status for s in defs.schedules} == {"replay_cycle": DefaultScheduleStatus.STOPPED}

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from dagster import materialize
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, build_sensor_context, materialize
+from dagster._core.instance.ref import InstanceRef
+from dagster._core.storage.tags import WILL_RETRY_TAG
 from kafka import KafkaConsumer, TopicPartition
 
 from clickstream_dagster.assets import prepare, replay
@@ -26,6 +28,7 @@ from clickstream_dagster.replay import ProducerFenced
 from clickstream_dagster.resources.kafka import KafkaResource
 from clickstream_dagster.resources.log_file import ClickstreamLogFile
 from clickstream_dagster.resources.parquet import DailyParquetIOManager
+from clickstream_dagster.sensors import replay_watchdog
 
 pytestmark = pytest.mark.integration
 DAY, OTHER_DAY = "2012-03-05", "2012-03-06"
@@ -212,6 +215,45 @@ def test_a_second_replay_into_the_topic_waits_for_the_first_and_never_interleave
         assert days == sorted(days), f"partition {partition}: the two days interleave"
     log = next((tmp_path / "b").glob("replay-*.log")).read_text()
     assert f"is being written by replay" in log and f"of {DAY}" in log
+
+
+def test_the_watchdog_fails_a_killed_command_line_run_and_leaves_a_live_one_alone(prepared, kafka_bootstrap_servers, tmp_path):
+    """kill -9 of a CLI run's process group leaves the run STARTED (nothing is left to end it):
+    replay_watchdog, evaluated as the daemon does, marks it failed; a live run stays started."""
+    home = tmp_path / "home"
+    live_topic, killed_topic = f"live-{uuid.uuid4().hex[:8]}", f"killed-{uuid.uuid4().hex[:8]}"
+    live = cli_replay(prepared, kafka_bootstrap_servers, home, topic=live_topic, pacing="fixed", interval_ms=100)
+    killed = cli_replay(prepared, kafka_bootstrap_servers, home, topic=killed_topic, pacing="fixed", interval_ms=100)
+    try:
+        wait_for(lambda: checkpoint_of(kafka_bootstrap_servers, live_topic), 90, "the live replay's first commit")
+        killed_run = wait_for(lambda: checkpoint_of(kafka_bootstrap_servers, killed_topic), 90, "the other replay's first commit").run_id
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait(10)
+        live_run = checkpoint_of(kafka_bootstrap_servers, live_topic).run_id
+
+        instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+        # The sensor's lease: 5 + 10 s; the live replay renews its checkpoint every 5 s at most.
+        kafka = KafkaResource(bootstrap_servers=kafka_bootstrap_servers, delivery_timeout_s=5)
+        ticks = []
+
+        def killed_run_failed():
+            ticks.append(replay_watchdog(build_sensor_context(instance=instance, resources={"kafka": kafka})))
+            return instance.get_run_by_id(killed_run).status == DagsterRunStatus.FAILURE
+
+        wait_for(killed_run_failed, 120, "the watchdog to fail the killed run", every_s=2)
+        assert instance.get_run_by_id(live_run).status == DagsterRunStatus.STARTED, ticks
+        assert live.poll() is None
+        [failure] = instance.get_records_for_run(killed_run, of_type=DagsterEventType.RUN_FAILURE).records
+        message = failure.event_log_entry.dagster_event.message
+        assert "replay_watchdog: its replay has committed nothing for" in message and "re-execute the run" in message
+        # Run from a command line: not re-executed behind the back of the person who ran it.
+        assert instance.get_run_by_id(killed_run).tags[WILL_RETRY_TAG] == "false"
+        assert "marked failed: " + killed_run[:8] in ticks[-1].skip_message
+    finally:
+        for process in (live, killed):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
 
 
 def test_at_least_once_delivers_every_row_without_transactions(prepared, kafka_bootstrap_servers, topic, client):
