@@ -4,7 +4,6 @@ Thin wiring: pacing, encoding and the send loop are the pure modules ``pacing``,
 ``encoding`` and ``replay``; the broker is the ``KafkaResource``.
 """
 
-import contextlib
 import math
 import os
 import random

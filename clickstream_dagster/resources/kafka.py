@@ -7,7 +7,6 @@ from pydantic import Field
 
 from clickstream_dagster.checkpoints import DEFAULT_CHECKPOINT_TOPIC, Checkpoint
 from clickstream_dagster.kafka_client import (
-    BrokerUnavailable,
     KafkaPublisher,
     KafkaSettings,
     ConsumerRecord,

@@ -703,10 +703,19 @@ def dagster_dev(kafka_bootstrap_servers: str, local_kafka, tmp_path_factory, req
     if request.param == "postgres":  # only then start PostgreSQL (`-k sqlite` runs without it)
         server = request.getfixturevalue("postgres_server")
         postgres_env = server.env(server.create_database("e2e"))
+    with running_dagster_dev(tmp_path_factory, kafka_bootstrap_servers, local_kafka, postgres_env) as dev:
+        yield dev
+
+
+@contextlib.contextmanager
+def running_dagster_dev(
+    tmp_path_factory, kafka_bootstrap_servers: str, local_kafka, postgres_env: dict[str, str] | None = None,
+    name: str = "dagster-dev",
+) -> Iterator[DagsterDev]:
+    """``dagster dev`` started, ready to serve GraphQL, and stopped (every process checked gone)."""
     for attempt in (1, 2):  # a second port if another process took the first one meanwhile
-        root = tmp_path_factory.mktemp("dagster-dev")
         port = local_kafka.free_port(exclude=RESERVED_PORTS)
-        dev = start_dagster_dev(root, kafka_bootstrap_servers, port, postgres_env)
+        dev = start_dagster_dev(tmp_path_factory.mktemp(name), kafka_bootstrap_servers, port, postgres_env)
         try:
             wait_until_ready(dev, DagsterGraphQL(port, timeout_s=10))
             break

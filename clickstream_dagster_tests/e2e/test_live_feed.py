@@ -21,19 +21,15 @@ from clickstream_dagster_tests.e2e.conftest import (
     PACING_TAG,
     REPLAY_JOB,
     REPOSITORY_NAME,
-    RESERVED_PORTS,
     RUN_TIMEOUT_S,
     TERMINAL,
     TOPIC_TAG,
     DagsterDev,
     DagsterGraphQL,
-    PortInUse,
-    _stop_or_raise,
     read_topic,
+    running_dagster_dev,
     run_tags,
-    start_dagster_dev,
     wait_for,
-    wait_until_ready,
 )
 
 pytestmark = pytest.mark.e2e
@@ -84,29 +80,8 @@ def dagster_dev(kafka_bootstrap_servers, local_kafka, tmp_path_factory) -> Itera
     with pytest.MonkeyPatch.context() as env:
         for name, value in FEED_SETTINGS.items():
             env.setenv(name, value)
-        for attempt in (1, 2):
-            dev = start_dagster_dev(
-                tmp_path_factory.mktemp("dagster-dev-feed"),
-                kafka_bootstrap_servers,
-                local_kafka.free_port(exclude=RESERVED_PORTS),
-            )
-            try:
-                wait_until_ready(dev, DagsterGraphQL(dev.port, timeout_s=10))
-                break
-            except PortInUse as error:
-                _stop_or_raise(dev)
-                if attempt == 2:
-                    pytest.fail(str(error), pytrace=False)
-            except BaseException as error:
-                _stop_or_raise(dev)
-                if isinstance(error, RuntimeError):
-                    pytest.fail(str(error), pytrace=False)
-                raise
-    try:
-        dev.remember_processes()
-        yield dev
-    finally:
-        _stop_or_raise(dev)
+        with running_dagster_dev(tmp_path_factory, kafka_bootstrap_servers, local_kafka, name="dagster-dev-feed") as dev:
+            yield dev
 
 
 def feed_state(gql: DagsterGraphQL) -> dict:

@@ -214,7 +214,7 @@ def test_a_second_replay_into_the_topic_waits_for_the_first_and_never_interleave
         # One run of each day per partition: the second replay started after the first ended.
         assert days == sorted(days), f"partition {partition}: the two days interleave"
     log = next((tmp_path / "b").glob("replay-*.log")).read_text()
-    assert f"is being written by replay" in log and f"of {DAY}" in log
+    assert "is being written by replay" in log and f"of {DAY}" in log
 
 
 def test_the_watchdog_fails_a_killed_command_line_run_and_leaves_a_live_one_alone(prepared, kafka_bootstrap_servers, tmp_path):
@@ -273,7 +273,7 @@ def own_broker(local_kafka, tmp_path):
     """A broker of this test's own, to kill or pause."""
     broker = local_kafka.start_broker(tmp_path / "broker", local_kafka.free_port(), timeout_s=90, cache_dir=local_kafka.REPO_ROOT / ".kafka")
     yield broker
-    with_signal = getattr(signal, "SIGCONT")
+    with_signal = signal.SIGCONT
     try:
         os.kill(broker.pid, with_signal)
     except ProcessLookupError:
