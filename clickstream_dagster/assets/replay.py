@@ -348,7 +348,9 @@ def click_data(
         )
     except (DeliveryError, BrokerUnavailable, ReplayStopped) as caught:
         # A message the broker refused for a missing ACL: say which, and do not retry.
-        error = caught if isinstance(caught, NotAuthorized) else kafka.settings().not_authorized(caught, f"sending to {config.topic!r}") or caught
+        error = caught
+        if not isinstance(caught, NotAuthorized):
+            error = kafka.settings().not_authorized(caught, f"sending to {config.topic!r}") or caught
         doubt = f", {progress.in_doubt} more in a commit the broker never confirmed" if progress.in_doubt else ""
         message = (
             f"replay of {day} into {config.topic!r} at {kafka.bootstrap_servers} failed: {error}. "
