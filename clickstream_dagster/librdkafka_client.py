@@ -248,7 +248,11 @@ class LibrdkafkaPublisher:
         try:
             with warnings.catch_warnings():  # "abort_transaction failed during close": already reported
                 warnings.simplefilter("ignore", RuntimeWarning)
-                self.producer.close()
+                # Producer.close() came with confluent-kafka 2.13; before, the handle is freed
+                # (librdkafka destroyed) when the last reference goes.
+                close = getattr(self.producer, "close", None)
+                if close is not None:
+                    close()
         except Exception:  # noqa: BLE001
             pass
 

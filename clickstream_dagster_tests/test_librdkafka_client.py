@@ -53,7 +53,8 @@ def test_librdkafka_accepts_every_mapped_configuration(protocol):
     """librdkafka itself checks names and values when a producer is created (no connection yet)."""
     sasl = {"sasl_mechanism": "PLAIN", "sasl_username": "u", "sasl_password": "p"} if protocol.startswith("SASL") else {}
     config = librdkafka_config(KafkaSettings("127.0.0.1:1", security_protocol=protocol, **sasl), transactional_id="t")
-    Producer(config).close()
+    producer = Producer(config)  # raises KafkaException on an unknown name or a bad value
+    assert producer is not None
 
 
 def test_a_delivery_report_reads_like_kafka_pythons_future():
