@@ -29,6 +29,7 @@ from clickstream_dagster.resources.kafka import KafkaResource
 from clickstream_dagster.resources.log_file import ClickstreamLogFile
 from clickstream_dagster.resources.parquet import DailyParquetIOManager
 from clickstream_dagster.sensors import replay_watchdog
+from clickstream_dagster_tests.third_party_readers import confluent_read, console_consumer_read
 
 pytestmark = pytest.mark.integration
 DAY, OTHER_DAY = "2012-03-05", "2012-03-06"
@@ -173,6 +174,9 @@ def test_kill_9_of_the_process_group_then_resume_delivers_every_row_exactly_once
     # its last checkpoint came from it, everything after from the resumed one.
     run_ids = [dict(r.headers)["dagster_run_id"] for r in sorted(records, key=lambda r: json.loads(r.value)["original_timestamp"])]
     assert len(set(run_ids)) == 2
+    # Readers no one here wrote, read_committed, find the same: each row once, in per-visitor order.
+    for read in (console_consumer_read, confluent_read):
+        assert_every_row_exactly_once(read(kafka_bootstrap_servers, topic, rows.height), rows)
 
 
 @pytest.mark.parametrize("successor_client", ["kafka-python", "librdkafka"])
