@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -31,11 +30,11 @@ from clickstream_dagster_tests.e2e.conftest import (
     REPO_ROOT,
     RUN_TIMEOUT_S,
     TOPIC_TAG,
-    WaitTimeout,
     _cmdline,
     _is_alive,
     _proc_stat,
     process_tree,
+    read_topic,
     run_tags,
     wait_for,
 )
@@ -68,37 +67,6 @@ query Root($runId: ID!) { runOrError(runId: $runId) { ... on Run { runId rootRun
 
 
 # --------------------------------------------------------------------------- reading back
-
-
-def committed_records(bootstrap_servers: str, topic: str, timeout_s: float = 60.0) -> list:
-    """What a read_committed consumer finds in ``topic`` now (manual assignment, from the start
-    up to the last stable offsets): aborted and open transactions are not there."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        client_id="e2e-crash-read",
-        group_id=None,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-    )
-    try:
-        if topic not in consumer.topics():
-            return []
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        ends = consumer.end_offsets(partitions)  # read_committed: the last stable offsets
-        records: list = []
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < ends[tp] for tp in partitions):
-            if time.monotonic() >= deadline:
-                raise WaitTimeout(f"read only {len(records)} committed records of {topic} in {timeout_s:.0f} s")
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
-        return records
-    finally:
-        consumer.close()
 
 
 def day_records(records: list, day: str) -> list:
@@ -225,7 +193,7 @@ def test_killed_run_worker_is_retried_and_the_queued_replay_follows(
     other = gql.wait_for_run(queued)
     assert other["status"] == "SUCCESS", gql.describe_run(queued)
 
-    records = committed_records(kafka_bootstrap_servers, replay_topic)
+    records = read_topic(kafka_bootstrap_servers, replay_topic)
     assert_exactly_once(day_records(records, DAY), rows, DAY)
     assert_exactly_once(day_records(records, OTHER_DAY), other_rows, OTHER_DAY)
     assert len(records) == rows.height + other_rows.height
@@ -245,7 +213,7 @@ def test_reexecution_over_graphql_resumes_a_killed_replay(
     os.kill(step, signal.SIGKILL)  # the step process alone: its run fails
     failed = gql.wait_for_run(first)
     assert failed["status"] == "FAILURE", gql.describe_run(first)
-    before = len(day_records(committed_records(kafka_bootstrap_servers, replay_topic), REEXEC_DAY))
+    before = len(day_records(read_topic(kafka_bootstrap_servers, replay_topic), REEXEC_DAY))
     assert 0 < before < rows.height
 
     rerun = reexecute(gql, first, "FROM_FAILURE")
@@ -253,7 +221,7 @@ def test_reexecution_over_graphql_resumes_a_killed_replay(
     done = gql.wait_for_run(rerun["runId"])
     assert done["status"] == "SUCCESS", gql.describe_run(rerun["runId"])
 
-    records = day_records(committed_records(kafka_bootstrap_servers, replay_topic), REEXEC_DAY)
+    records = day_records(read_topic(kafka_bootstrap_servers, replay_topic), REEXEC_DAY)
     assert_exactly_once(records, rows, REEXEC_DAY)
     [materialization] = [m for m in gql.materializations(rerun["runId"]) if m["asset"] == "click_data"]
     meta = materialization["metadata"]
@@ -334,7 +302,7 @@ def test_kill_of_the_cli_launcher_stops_its_step_then_resume_completes(
         )
         wait_until_gone(step, 30, f"the orphaned step process {step} to exit")
         assert stopped.next_row < rows.height, "the day was over before the kill: nothing was tested"
-        committed = day_records(committed_records(kafka_bootstrap_servers, replay_topic), CLI_DAY)
+        committed = day_records(read_topic(kafka_bootstrap_servers, replay_topic), CLI_DAY)
         assert len(committed) == stopped.next_row
         # Nothing more arrives once it has stopped: by then the step process is gone for good.
 
@@ -345,7 +313,7 @@ def test_kill_of_the_cli_launcher_stops_its_step_then_resume_completes(
         if resumed is not None:
             _stop_group(resumed)
 
-    records = day_records(committed_records(kafka_bootstrap_servers, replay_topic), CLI_DAY)
+    records = day_records(read_topic(kafka_bootstrap_servers, replay_topic), CLI_DAY)
     assert_exactly_once(records, rows, CLI_DAY)
     final = checkpoint_of(kafka_bootstrap_servers, replay_topic, CLI_DAY)
     assert (final.status, final.next_row) == (ReplayStatus.FINISHED, rows.height)
