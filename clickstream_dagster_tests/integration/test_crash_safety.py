@@ -112,14 +112,29 @@ def checkpoint_of(bootstrap: str, topic: str, day: str = DAY):
     return None
 
 
-def wait_for(condition, timeout_s: float, what: str, every_s: float = 0.2):
+def wait_for(condition, timeout_s: float, what: str, every_s: float = 0.2, details=lambda: ""):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}\n{details()}")
+
+
+def replay_logs(home: Path, tail_chars: int = 3000) -> str:
+    """The end of every CLI replay's output under ``home``: what a timed-out wait shows."""
+    return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-tail_chars:]}" for log in sorted(home.glob("replay-*.log")))
+
+
+def first_commit_of(process: subprocess.Popen, bootstrap: str, topic: str, home: Path, timeout_s: float = 90):
+    """The replay's first checkpoint; a replay that exited before committing fails at once, with its output."""
+    def committed_or_exited():
+        if process.poll() is not None:
+            raise AssertionError(f"the replay to {topic} exited ({process.returncode}) before its first commit\n{replay_logs(home)}")
+        return checkpoint_of(bootstrap, topic)
+
+    return wait_for(committed_or_exited, timeout_s, f"the first commit of the replay to {topic}", details=lambda: replay_logs(home))
 
 
 def cli_replay(prepared, bootstrap: str, home: Path, day: str = DAY, client: str = "kafka-python", **config) -> subprocess.Popen:
@@ -157,7 +172,8 @@ def test_kill_9_of_the_process_group_then_resume_delivers_every_row_exactly_once
     rows = day_rows(prepared)
     first = cli_replay(prepared, kafka_bootstrap_servers, tmp_path / "home", client=client, topic=topic, pacing="fixed", interval_ms=3)
     try:
-        wait_for(lambda: (c := checkpoint_of(kafka_bootstrap_servers, topic)) and c.next_row >= 400, 90, "400 committed rows")
+        wait_for(lambda: (c := checkpoint_of(kafka_bootstrap_servers, topic)) and c.next_row >= 400, 90, "400 committed rows",
+                 details=lambda: replay_logs(tmp_path / "home"))
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(10)
@@ -225,17 +241,19 @@ def test_the_watchdog_fails_a_killed_command_line_run_and_leaves_a_live_one_alon
     """kill -9 of a CLI run's process group leaves the run STARTED (nothing is left to end it):
     replay_watchdog, evaluated as the daemon does, marks it failed; a live run stays started."""
     home = tmp_path / "home"
+    home.mkdir()
+    # Create the instance's storage before two processes race to create it on first use.
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
     live_topic, killed_topic = f"live-{uuid.uuid4().hex[:8]}", f"killed-{uuid.uuid4().hex[:8]}"
     live = cli_replay(prepared, kafka_bootstrap_servers, home, topic=live_topic, pacing="fixed", interval_ms=100)
-    killed = cli_replay(prepared, kafka_bootstrap_servers, home, topic=killed_topic, pacing="fixed", interval_ms=100)
+    killed = None
     try:
-        wait_for(lambda: checkpoint_of(kafka_bootstrap_servers, live_topic), 90, "the live replay's first commit")
-        killed_run = wait_for(lambda: checkpoint_of(kafka_bootstrap_servers, killed_topic), 90, "the other replay's first commit").run_id
+        live_run = first_commit_of(live, kafka_bootstrap_servers, live_topic, home).run_id
+        killed = cli_replay(prepared, kafka_bootstrap_servers, home, topic=killed_topic, pacing="fixed", interval_ms=100)
+        killed_run = first_commit_of(killed, kafka_bootstrap_servers, killed_topic, home).run_id
         os.killpg(killed.pid, signal.SIGKILL)
         killed.wait(10)
-        live_run = checkpoint_of(kafka_bootstrap_servers, live_topic).run_id
 
-        instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
         # The sensor's lease: 5 + 10 s; the live replay renews its checkpoint every 5 s at most.
         kafka = KafkaResource(bootstrap_servers=kafka_bootstrap_servers, delivery_timeout_s=5)
         ticks = []
@@ -255,7 +273,7 @@ def test_the_watchdog_fails_a_killed_command_line_run_and_leaves_a_live_one_alon
         assert "marked failed: " + killed_run[:8] in ticks[-1].skip_message
     finally:
         for process in (live, killed):
-            if process.poll() is None:
+            if process is not None and process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(10)
 
