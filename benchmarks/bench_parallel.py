@@ -255,6 +255,8 @@ def delivered(bootstrap: str, topics: list[str]) -> int:
     that transactions write)."""
     from kafka import KafkaConsumer, TopicPartition
 
+    from clickstream_dagster.kafka_client import KafkaSettings, stable_end_offsets
+
     total = 0
     for topic in topics:
         consumer = KafkaConsumer(
@@ -264,7 +266,7 @@ def delivered(bootstrap: str, topics: list[str]) -> int:
             parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
             consumer.assign(parts)
             consumer.seek_to_beginning(*parts)
-            ends = consumer.end_offsets(parts)
+            ends = stable_end_offsets(KafkaSettings(bootstrap_servers=bootstrap), consumer, parts)  # markers written
             deadline = time.monotonic() + 120
             while any(consumer.position(tp) < ends[tp] for tp in parts) and time.monotonic() < deadline:
                 total += sum(len(batch) for batch in consumer.poll(timeout_ms=1000, max_records=10_000).values())

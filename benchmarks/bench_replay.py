@@ -61,7 +61,7 @@ from bench_prepare import FULL_ROWS, OUT, ROOT, ensure_log, machine, write_readm
 from clickstream_dagster.checkpoints import DEFAULT_CHECKPOINT_TOPIC, Checkpoint, transactional_id
 from clickstream_dagster.cleaning import inspect_log, stage_log
 from clickstream_dagster.encoding import encode_messages, replay_headers
-from clickstream_dagster.kafka_client import KafkaPublisher, KafkaSettings, ensure_topic
+from clickstream_dagster.kafka_client import KafkaPublisher, KafkaSettings, ensure_topic, stable_end_offsets
 from clickstream_dagster.librdkafka_client import LibrdkafkaPublisher
 from clickstream_dagster.pacing import Pacing, send_offsets
 from clickstream_dagster.partitions import DATASET_WINDOW
@@ -132,7 +132,8 @@ class Topics:
         parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
         self.consumer.assign(parts)
         self.consumer.seek_to_beginning(*parts)
-        end, count, deadline = self.consumer.end_offsets(parts), 0, time.monotonic() + 120
+        # Not the bare end offsets: the last commit's markers may not be written yet.
+        end, count, deadline = stable_end_offsets(self.settings, self.consumer, parts), 0, time.monotonic() + 120
         while any(self.consumer.position(tp) < end[tp] for tp in parts) and time.monotonic() < deadline:
             count += sum(len(batch) for batch in self.consumer.poll(timeout_ms=500).values())
         return count

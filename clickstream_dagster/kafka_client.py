@@ -422,7 +422,7 @@ def _read_to_end(settings: KafkaSettings, consumer: KafkaConsumer, topic: str, s
             consumer.seek_to_beginning(tp)
         else:
             consumer.seek(tp, start[tp.partition])
-    end = consumer.end_offsets(partitions)
+    end = stable_end_offsets(settings, consumer, partitions)
     deadline = time.monotonic() + max(settings.connect_timeout_s, 30.0)
     while any(consumer.position(tp) < end[tp] for tp in partitions):
         if time.monotonic() > deadline:
@@ -431,6 +431,32 @@ def _read_to_end(settings: KafkaSettings, consumer: KafkaConsumer, topic: str, s
             for record in records:
                 if record.offset < end[TopicPartition(record.topic, record.partition)]:
                     yield record
+
+
+# How long a reader waits for the commit markers of transactions that were already committed.
+MARKER_WAIT_S = 5.0
+
+
+def stable_end_offsets(settings: KafkaSettings, consumer: KafkaConsumer, partitions: list[TopicPartition]):
+    """The read_committed end offsets, once the transactions already in the log have ended.
+
+    A producer's commit returns before the broker has written the commit markers, and until
+    then the last stable offset stays before that transaction: read at once, a replay that
+    has just finished would look short by its last commit (seen here after about a third of
+    commits). So wait, at most MARKER_WAIT_S, for the last stable offsets to reach the high
+    watermarks seen now; a transaction left open longer (a live or a killed writer) is not
+    waited for: its records are not readable yet, and the end is where they begin."""
+    end = consumer.end_offsets(partitions)
+    probe = KafkaConsumer(**settings.client_config())  # read_uncommitted: the high watermarks
+    try:
+        high = probe.end_offsets(partitions)
+    finally:
+        probe.close()
+    deadline = time.monotonic() + MARKER_WAIT_S
+    while any(end[tp] < high[tp] for tp in partitions) and time.monotonic() < deadline:
+        time.sleep(0.02)
+        end = consumer.end_offsets(partitions)
+    return end
 
 
 def end_offsets(settings: KafkaSettings, topic: str) -> dict[int, int]:

@@ -842,6 +842,8 @@ def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 60.0) -> l
     """
     from kafka import KafkaConsumer, TopicPartition
 
+    from clickstream_dagster.kafka_client import KafkaSettings, stable_end_offsets
+
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap_servers, client_id="e2e-read", enable_auto_commit=False, group_id=None,
         isolation_level="read_committed",
@@ -851,7 +853,8 @@ def read_topic(bootstrap_servers: str, topic: str, timeout_s: float = 60.0) -> l
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
-        ends = consumer.end_offsets(partitions)
+        # Not the bare end offsets: a commit that just returned may not have its markers yet.
+        ends = stable_end_offsets(KafkaSettings(bootstrap_servers=bootstrap_servers), consumer, partitions)
         records: list = []
         deadline = time.monotonic() + timeout_s
         while any(consumer.position(tp) < ends[tp] for tp in partitions):

@@ -8,12 +8,14 @@ from collections import defaultdict
 import polars as pl
 import pytest
 from dagster import materialize
+from confluent_kafka import Producer
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-from kafka.admin import ConfigResource, ConfigResourceType
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.partitioner.default import murmur2
 from quixstreams import Application
 
 from clickstream_dagster.assets import prepare, replay
+from clickstream_dagster.kafka_client import KafkaSettings, read_committed_since, stable_end_offsets
 from clickstream_dagster.generator import write_log
 from clickstream_dagster.resources.kafka import KafkaResource
 from clickstream_dagster.resources.log_file import ClickstreamLogFile
@@ -339,3 +341,30 @@ def test_an_empty_day_succeeds_with_zero_messages(tmp_path, kafka_bootstrap_serv
     [mat] = result.asset_materializations_for_node("click_data")
     assert mat.metadata["messages"].value == 0
     assert "0 messages" in mat.metadata["note"].value
+
+
+def test_the_end_of_a_read_includes_the_commit_that_just_returned(kafka_bootstrap_servers, topic):
+    """A commit returns before the broker writes its markers: the end offsets every reader of
+    the project reads to (the asset check's, the checkpoints') must not stop before it."""
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap_servers)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap_servers)
+    admin.create_topics([NewTopic(topic, 1, 1)])
+    admin.close()
+    producer = Producer({"bootstrap.servers": kafka_bootstrap_servers, "transactional.id": topic, "retry.backoff.ms": 5})
+    producer.init_transactions(30)
+    reader = KafkaConsumer(bootstrap_servers=kafka_bootstrap_servers, isolation_level="read_committed")
+    partition = TopicPartition(topic, 0)
+    short = []
+    try:
+        for commit in range(1, 16):  # the bare last stable offset was short after about one commit in three
+            producer.begin_transaction()
+            for _ in range(100):
+                producer.produce(topic, b"v", b"k")
+            producer.commit_transaction(30)
+            end = stable_end_offsets(settings, reader, [partition])[partition]
+            if end != commit * 101:  # 100 records and a commit marker per transaction
+                short.append((commit * 101, end))
+        assert not short, f"(end after the commit, end read) right after a commit: {short}"
+        assert len(read_committed_since(settings, topic, {})) == 1500
+    finally:
+        reader.close()
