@@ -119,6 +119,41 @@ class LibrdkafkaDelivery:
                 fn(*args, self)
 
 
+class LibrdkafkaBatch:
+    """The delivery reports of one batch of sends (a ``BatchDelivery``): one Python object
+    and one bound callback for the batch, so a report costs a count and an offset compare."""
+
+    __slots__ = ("count", "reported", "acked", "spans", "exception")
+
+    def __init__(self) -> None:
+        self.count = self.reported = self.acked = 0
+        self.spans: dict[int, list[int]] = {}
+        self.exception: BaseException | None = None
+
+    @property
+    def is_done(self) -> bool:
+        return self.reported == self.count
+
+    def failed(self) -> bool:
+        return self.exception is not None
+
+    def _report(self, error, message) -> None:
+        self.reported += 1
+        if error is not None:
+            if self.exception is None:
+                self.exception = KafkaException(error)
+            return
+        self.acked += 1
+        partition, offset = message.partition(), message.offset()
+        span = self.spans.get(partition)
+        if span is None:
+            self.spans[partition] = [offset, offset]
+        elif offset > span[1]:  # acknowledged in order within a partition (idempotence)
+            span[1] = offset
+        elif offset < span[0]:
+            span[0] = offset
+
+
 class LibrdkafkaPublisher:
     """A ``Publisher`` for one topic on confluent-kafka: the same contract as ``KafkaPublisher``.
 
@@ -163,13 +198,31 @@ class LibrdkafkaPublisher:
         try:
             self._produce(self.topic, value, key, on_delivery=delivery._report, timestamp=timestamp_ms or 0, headers=self.headers)
         except BufferError:
-            self._produce_when_room(key, value, timestamp_ms, delivery)
+            self._produce_when_room(key, value, timestamp_ms, delivery._report)
         except KafkaException as error:
             raise self._delivery_error(f"sending to {self.topic!r}", error) from error
         self._poll(0)  # serve delivery reports that arrived meanwhile (no waiting)
         return delivery
 
-    def _produce_when_room(self, key: bytes, value: bytes, timestamp_ms: int | None, delivery) -> None:
+    def new_batch(self) -> LibrdkafkaBatch:
+        return LibrdkafkaBatch()
+
+    def send_batch(self, batch: LibrdkafkaBatch, keys: list[bytes], values: list[bytes], timestamps_ms: list) -> None:
+        """``send`` for many messages, reported into ``batch``: reports are served once per batch."""
+        produce, topic, headers, report = self._produce, self.topic, self.headers, batch._report
+        try:
+            for key, value, timestamp_ms in zip(keys, values, timestamps_ms):
+                try:
+                    produce(topic, value, key, on_delivery=report, timestamp=timestamp_ms or 0, headers=headers)
+                except BufferError:
+                    self._produce_when_room(key, value, timestamp_ms, report)
+                batch.count += 1
+        except KafkaException as error:
+            raise self._delivery_error(f"sending to {self.topic!r}", error) from error
+        finally:
+            self._poll(0)
+
+    def _produce_when_room(self, key: bytes, value: bytes, timestamp_ms: int | None, on_delivery) -> None:
         """The local queue is full: wait for acknowledgements to make room, at most
         delivery_timeout_s (kafka-python's max_block_ms)."""
         waited = 0.0
@@ -177,7 +230,7 @@ class LibrdkafkaPublisher:
             self._poll(0.05)
             waited += 0.05
             try:
-                self._produce(self.topic, value, key, on_delivery=delivery._report, timestamp=timestamp_ms or 0, headers=self.headers)
+                self._produce(self.topic, value, key, on_delivery=on_delivery, timestamp=timestamp_ms or 0, headers=self.headers)
                 return
             except BufferError as error:
                 if waited >= self.delivery_timeout_s:

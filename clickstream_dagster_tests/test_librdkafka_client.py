@@ -5,11 +5,11 @@ import sys
 import time
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Producer
 from dagster import Failure
 
 from clickstream_dagster.kafka_client import KafkaSettings
-from clickstream_dagster.librdkafka_client import LibrdkafkaDelivery, librdkafka_config
+from clickstream_dagster.librdkafka_client import LibrdkafkaBatch, LibrdkafkaDelivery, librdkafka_config
 from clickstream_dagster.resources.kafka import KafkaResource
 
 
@@ -79,6 +79,28 @@ def test_a_delivery_report_reads_like_kafka_pythons_future():
     assert delivery.acked_at == pytest.approx(time.monotonic(), abs=1.0)
     delivery.add_callback(seen.append)  # already done: called at once
     assert len(seen) == 2
+
+
+def test_a_batch_counts_its_reports_and_the_offsets_acknowledged_per_partition():
+    class Message:
+        def __init__(self, partition, offset):
+            self.at = (partition, offset)
+
+        def partition(self):
+            return self.at[0]
+
+        def offset(self):
+            return self.at[1]
+
+    batch = LibrdkafkaBatch()
+    batch.count = 5
+    for partition, offset in ((0, 7), (1, 3), (0, 8), (1, 4)):
+        batch._report(None, Message(partition, offset))
+    assert not batch.is_done and not batch.failed()
+    batch._report(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), None)
+    assert batch.is_done and batch.failed()
+    assert "MSG_SIZE_TOO_LARGE" in repr(batch.exception)
+    assert (batch.acked, batch.spans) == (4, {0: [7, 8], 1: [3, 4]})
 
 
 def test_the_resource_and_the_environment_select_the_client(monkeypatch):

@@ -119,6 +119,39 @@ class MemoryPublisher:
         pass
 
 
+class FakeBatch:
+    def __init__(self):
+        self.count = self.acked = 0
+        self.spans: dict[int, list[int]] = {}
+        self.exception = None
+        self.is_done = True
+
+    def failed(self):
+        return self.exception is not None
+
+
+class BatchMemoryPublisher(MemoryPublisher):
+    """A MemoryPublisher that also takes batches (a ``BatchPublisher``), as librdkafka's does."""
+
+    batches = 0
+
+    def new_batch(self):
+        return FakeBatch()
+
+    def send_batch(self, batch, keys, values, timestamps_ms):
+        self.batches += 1
+        for key, value, stamp in zip(keys, values, timestamps_ms):
+            delivery = self.send(key, value, stamp)
+            batch.count += 1
+            if delivery.failed():
+                batch.exception = batch.exception or delivery.exception
+                continue
+            batch.acked += 1
+            meta = delivery.value
+            span = batch.spans.setdefault(meta.partition, [meta.offset, meta.offset])
+            span[0], span[1] = min(span[0], meta.offset), max(span[1], meta.offset)
+
+
 def writer(total: int):
     """A checkpoint writer as the replay asset makes one."""
 
@@ -339,8 +372,9 @@ def test_a_fenced_replay_writes_nothing_more():
     assert publisher.aborts == 0 and publisher.checkpoints == []
 
 
+@pytest.mark.parametrize("publisher_class", [MemoryPublisher, BatchMemoryPublisher])
 @pytest.mark.parametrize("transactional", [False, True])
-def test_max_pacing_reads_the_clocks_once_per_batch_and_accounts_for_every_message(transactional):
+def test_max_pacing_reads_the_clocks_once_per_batch_and_accounts_for_every_message(transactional, publisher_class):
     clock, reads = FakeClock(), []
 
     def monotonic():
@@ -352,7 +386,7 @@ def test_max_pacing_reads_the_clocks_once_per_batch_and_accounts_for_every_messa
         return int(clock.now * 1e9)
 
     n = 3200
-    publisher = MemoryPublisher(clock, transactional=transactional, send_cost_s=0.0001, commit_cost_s=0.005)
+    publisher = publisher_class(clock, transactional=transactional, send_cost_s=0.0001, commit_cost_s=0.005)
     progress = run_replay(
         messages(n), np.zeros(n), publisher, checkpoint=writer(n), paced=False,
         timing=ReplayTiming(clock=monotonic, sleep=clock.sleep, wall_clock_ns=wall_clock_ns),
@@ -365,15 +399,32 @@ def test_max_pacing_reads_the_clocks_once_per_batch_and_accounts_for_every_messa
     assert 2 <= progress.commits <= 5
     assert publisher.checkpoints[-1][1].status == ReplayStatus.FINISHED
     assert publisher.checkpoints[-1][1].next_row == n
+    assert publisher_class is MemoryPublisher or publisher.batches == n / MAX_PACE_BATCH
 
 
-def test_an_interrupted_max_paced_replay_counts_what_was_handed_over_mid_batch():
+@pytest.mark.parametrize("publisher_class", [MemoryPublisher, BatchMemoryPublisher])
+def test_an_interrupted_max_paced_replay_counts_what_was_handed_over_mid_batch(publisher_class):
     clock = FakeClock()
-    publisher = MemoryPublisher(clock, interrupt_at=MAX_PACE_BATCH + 5)
+    publisher = publisher_class(clock, interrupt_at=MAX_PACE_BATCH + 5)
     progress = ReplayProgress(total=0)
     with pytest.raises(KeyboardInterrupt):
         run_replay(messages(100), np.zeros(100), publisher, progress=progress, paced=False, timing=timing(clock))
     assert (progress.sent, progress.acked, progress.delivered) == (MAX_PACE_BATCH + 5,) * 3
+
+
+def test_a_rejected_message_in_a_batch_fails_the_replay_counting_every_ack_and_checkpointing_the_prefix():
+    clock = FakeClock()
+    fail_at = MAX_PACE_BATCH + 3  # the second batch
+    publisher = BatchMemoryPublisher(clock, fail_at=fail_at)
+    progress = ReplayProgress(total=0)
+    with pytest.raises(DeliveryError, match="rejected"):
+        run_replay(messages(100), np.zeros(100), publisher, checkpoint=writer(100), progress=progress, paced=False, timing=timing(clock))
+    sent = 2 * MAX_PACE_BATCH  # the failed batch is sent whole before its reports are looked at
+    assert progress.sent == sent
+    assert progress.acked == sent - 1  # every acknowledged message is in the topic: counted
+    assert progress.delivered == MAX_PACE_BATCH  # the resumable prefix: the first batch
+    assert publisher.checkpoints[-1][1].status == ReplayStatus.STOPPED
+    assert publisher.checkpoints[-1][1].next_row == MAX_PACE_BATCH
 
 
 def test_at_least_once_checkpoints_the_acknowledged_prefix():
