@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -19,7 +18,7 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatu
 
 from clickstream_dagster.generator import write_log
 from clickstream_dagster.sensors import prepared_log_version
-from clickstream_dagster_tests.e2e.conftest import DAYS, PROJECT_DAGSTER_YAML, REPO_ROOT
+from clickstream_dagster_tests.e2e.conftest import DAYS, PROJECT_DAGSTER_YAML, REPO_ROOT, read_topic
 
 pytestmark = pytest.mark.e2e
 
@@ -231,26 +230,7 @@ def test_ctrl_c_stops_the_demo_and_its_replay_within_seconds(kafka_bootstrap_ser
         observation = instance.fetch_observations(AssetKey("click_data"), limit=1).records[0]
         assert observation.run_id == replay.run_id
         messages = observation.asset_observation.metadata["messages"].value
-    assert 0 < messages == committed_records(kafka_bootstrap_servers, topic)
-
-
-def committed_records(bootstrap_servers: str, topic: str) -> int:
-    """Records a read_committed consumer gets from the whole topic (what a consumer sees)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
-                             isolation_level="read_committed")
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        ends = consumer.end_offsets(partitions)  # the last stable offsets, for read_committed
-        count, deadline = 0, time.monotonic() + 60
-        while any(consumer.position(tp) < ends[tp] for tp in partitions) and time.monotonic() < deadline:
-            count += sum(len(batch) for batch in consumer.poll(timeout_ms=1000).values())
-        return count
-    finally:
-        consumer.close()
+    assert 0 < messages == len(read_topic(kafka_bootstrap_servers, topic))  # what a read_committed consumer gets
 
 
 def test_with_demo_wait_it_waits_visibly_then_replays(kafka_bootstrap_servers, tmp_path):
