@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.producer.transaction_manager import TransactionState
 from kafka.errors import (
     AuthorizationError,
     ClusterAuthorizationFailedError,
@@ -310,6 +311,7 @@ class KafkaPublisher:
         self.settings, self.topic, self.headers = settings, topic, headers
         self.checkpoint_topic = checkpoint_topic
         self.transactional = transactional_id is not None
+        self._committing = None  # the result of the last commit begun (see resolve_commit)
         timeout_ms = int(delivery_timeout_s * 1000)
         request_timeout_ms = max(min(int(settings.connect_timeout_s * 1000), timeout_ms // 2), 1000)
         options = {
@@ -346,13 +348,14 @@ class KafkaPublisher:
             raise self._delivery_error(f"sending to {self.topic!r}", error) from error
 
     def commit(self, checkpoint_key: bytes, checkpoint_value: bytes, timeout_s: float) -> None:
+        self._committing = None
         try:
             self.producer.send(self.checkpoint_topic, key=checkpoint_key, value=checkpoint_value)
             if not self.transactional:
                 return
             # KafkaProducer.commit_transaction() waits without a bound; its own result object
             # (the same call, minus the unbounded wait) is bounded here.
-            result = self.producer._transaction_manager.begin_commit()
+            result = self._committing = self.producer._transaction_manager.begin_commit()
             self.producer._sender.wakeup()
             if not result.wait(timeout_ms=int(timeout_s * 1000)):
                 raise CommitInDoubt(
@@ -360,6 +363,21 @@ class KafkaPublisher:
                     f"within {timeout_s:g} s (delivery_timeout_s)"
                 )
             self.producer.begin_transaction()
+        except KafkaError as error:
+            raise self._delivery_error(f"committing to {self.topic!r}", error) from error
+
+    def resolve_commit(self, timeout_s: float) -> bool:
+        result = self._committing
+        if result is None:  # interrupted before the commit began: the transaction is still open
+            return False
+        try:
+            if not result.wait(timeout_ms=int(timeout_s * 1000)):
+                raise CommitInDoubt(f"Kafka at {self.settings.bootstrap_servers} did not confirm an interrupted commit within {timeout_s:g} s")
+            if result.failed:
+                return False
+            if self.producer._transaction_manager._current_state == TransactionState.READY:
+                self.producer.begin_transaction()  # interrupted before the next transaction began
+            return True
         except KafkaError as error:
             raise self._delivery_error(f"committing to {self.topic!r}", error) from error
 

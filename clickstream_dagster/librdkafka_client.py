@@ -177,6 +177,7 @@ class LibrdkafkaPublisher:
         self.checkpoint_topic = checkpoint_topic
         self.transactional = transactional_id is not None
         self.transactional_id = transactional_id
+        self._committing = False  # commit_transaction was called by the last commit (see resolve_commit)
         self.delivery_timeout_s = delivery_timeout_s
         config = librdkafka_config(settings, transactional_id=transactional_id, delivery_timeout_s=delivery_timeout_s)
         self.producer = Producer(config | producer_options)
@@ -242,11 +243,13 @@ class LibrdkafkaPublisher:
                 raise self._delivery_error(f"sending to {self.topic!r}", error) from error
 
     def commit(self, checkpoint_key: bytes, checkpoint_value: bytes, timeout_s: float) -> None:
+        self._committing = False
         try:
             self._produce(self.checkpoint_topic, checkpoint_value, checkpoint_key)
             if not self.transactional:
                 self._poll(0)
                 return
+            self._committing = True
             self.producer.commit_transaction(timeout_s)
             # Every message of the transaction is acknowledged: hand their reports over now.
             self.producer.flush(timeout_s)
@@ -263,6 +266,29 @@ class LibrdkafkaPublisher:
             raise DeliveryError(
                 f"Kafka at {self.settings.bootstrap_servers}: committing to {self.topic!r} failed: the send queue is full"
             ) from error
+
+    def resolve_commit(self, timeout_s: float) -> bool:
+        if not self._committing:  # interrupted before commit_transaction: the transaction is open
+            return False
+        try:
+            try:
+                # Allowed only once the last transaction completed: it committed.
+                self.producer.begin_transaction()
+            except KafkaException:
+                # Still in a transaction: the interrupted one (commit_transaction resumes its
+                # commit, or fails if it cannot commit), or the next, already begun after the
+                # commit (committing it, empty, is harmless).
+                self.producer.commit_transaction(timeout_s)
+                self.producer.begin_transaction()
+            self.producer.flush(timeout_s)  # hand the committed messages' reports over
+            return True
+        except KafkaException as error:
+            kafka_error = error.args[0] if error.args else None
+            if isinstance(kafka_error, KafkaError) and kafka_error.code() == KafkaError._TIMED_OUT:
+                raise CommitInDoubt(
+                    f"Kafka at {self.settings.bootstrap_servers} did not confirm an interrupted commit within {timeout_s:g} s"
+                ) from error
+            return False
 
     def flush(self, timeout_s: float) -> None:
         remaining = self.producer.flush(timeout_s)

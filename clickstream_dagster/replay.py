@@ -70,6 +70,12 @@ class Publisher(Protocol):
         """Transactional: the checkpoint joins the open transaction, which commits within
         ``timeout_s`` (else raises); the next one begins. Otherwise: the checkpoint is sent."""
 
+    def resolve_commit(self, timeout_s: float) -> bool:
+        """After ``commit`` was interrupted (a signal: Ctrl-C, the run terminated) at any point:
+        wait, at most ``timeout_s``, for that commit's outcome. True: it committed, and the next
+        transaction is begun; False: it did not, and the transaction can be aborted. Raises
+        ``CommitInDoubt`` when the broker does not say in time."""
+
     def flush(self, timeout_s: float) -> None: ...
 
     def abort(self, timeout_s: float) -> None: ...
@@ -227,6 +233,10 @@ def run_replay(
     # to the 100 ms cadence (as a running mean did, for the next half second).
     # None measured yet: try one in the first wait.
     recent_commits_s: deque[float] = deque(maxlen=15)
+    # Rows a commit under way covers, until they are accounted for: an interrupt (a signal)
+    # can land inside the commit or just after it, when the broker may have committed rows
+    # the counts do not show yet.
+    committing: list[int | None] = [None]
     tenth = max(count // 10, 1)
     next_tenth, last_report = tenth, start
 
@@ -294,10 +304,15 @@ def run_replay(
         checkpointed[0] = rows if transactional else progress.delivered
         key, value = checkpoint(start_row + checkpointed[0], status)
         began = clock()
+        committing[0] = rows
         try:
             publisher.commit(key, value, timing.delivery_timeout_s)
         except CommitInDoubt:
+            committing[0] = None
             progress.in_doubt = rows - progress.delivered if transactional else 0
+            raise
+        except Exception:
+            committing[0] = None  # refused by the broker: not committed
             raise
         done = clock()
         progress.commits += 1
@@ -313,6 +328,7 @@ def run_replay(
             if paced:
                 latency[progress.delivered : rows] = done - start - np.asarray(due_s[progress.delivered : rows])
             progress.delivered, progress.in_doubt = rows, 0
+        committing[0] = None
 
     def commit_due(now: float, waiting: bool) -> bool:
         since = now - last_commit
@@ -389,6 +405,16 @@ def run_replay(
         # Cancelled, stopped or failed: what was committed stays; an open transaction is
         # aborted, so the report equals what a read_committed consumer finds.
         clean = False  # whether the producer can still write: only then is the stop recorded
+        if transactional and committing[0] is not None:
+            # Interrupted around a commit: learn whether it committed before saying how far we got.
+            rows, committing[0] = committing[0], None
+            try:
+                if publisher.resolve_commit(timing.close_timeout_s):
+                    with contextlib.suppress(Exception):
+                        settle(block=True)
+                    progress.delivered, progress.in_doubt = rows, 0
+            except Exception:  # noqa: BLE001 - no answer: neither committed nor aborted
+                progress.in_doubt = rows - progress.delivered
         with contextlib.suppress(Exception):
             if transactional:
                 if progress.in_doubt == 0 and not isinstance(error, ProducerFenced):

@@ -79,6 +79,7 @@ class MemoryPublisher:
         transactional=False,
         commit_cost_s=0.0,
         commit_error=None,
+        interrupt_commit=None,
     ):
         self.clock, self.send_cost_s = clock, send_cost_s
         self.fail_at, self.interrupt_at, self.partitions = fail_at, interrupt_at, partitions
@@ -88,6 +89,9 @@ class MemoryPublisher:
         self.committed = 0  # sends a read_committed consumer sees
         self.open = 0  # sends in the open transaction
         self.flushes = self.aborts = 0
+        # (nth commit, "before" | "after"): a signal lands in that commit, before or after the broker committed it
+        self.interrupt_commit = interrupt_commit
+        self.began_commit = False
 
     def send(self, key, value, timestamp_ms):
         i = len(self.sent)
@@ -103,10 +107,21 @@ class MemoryPublisher:
     def commit(self, checkpoint_key, checkpoint_value, timeout_s):
         if self.commit_error is not None:
             raise self.commit_error
+        interrupt = self.interrupt_commit and self.interrupt_commit[0] == len(self.checkpoints)
+        self.began_commit = True
+        if interrupt and self.interrupt_commit[1] == "before":
+            raise KeyboardInterrupt
         self.clock.now += self.commit_cost_s
         self.checkpoints.append((self.clock.now, Checkpoint.from_bytes(checkpoint_value)))
         if self.transactional:
             self.committed, self.open = self.committed + self.open, 0
+        if interrupt:
+            raise KeyboardInterrupt
+
+    def resolve_commit(self, timeout_s):
+        committed = self.interrupt_commit[1] == "after"
+        self.interrupt_commit = None
+        return committed
 
     def flush(self, timeout_s):
         self.flushes += 1
@@ -342,6 +357,24 @@ def test_an_interrupted_exactly_once_replay_aborts_and_reports_only_what_was_com
     assert progress.delivered == publisher.committed == 6  # each row committed before its wait
     last = publisher.checkpoints[-1][1]
     assert (last.status, last.next_row) == (ReplayStatus.STOPPED, 6)
+
+
+@pytest.mark.parametrize("landed", ["before", "after"])
+def test_an_interrupt_inside_a_commit_reports_what_the_broker_committed(landed):
+    """Ctrl-C during a commit (or just after the broker took it): the counts, the stop checkpoint
+    and so a resume follow the commit's real outcome, not the last one the loop accounted for."""
+    clock = FakeClock()
+    publisher = MemoryPublisher(clock, transactional=True, interrupt_commit=(4, landed))
+    progress = ReplayProgress(total=0)
+    with pytest.raises(KeyboardInterrupt):
+        run_replay(messages(10), np.arange(10) * 1.0, publisher, checkpoint=writer(10), progress=progress, timing=timing(clock))
+    committed = publisher.committed
+    if landed == "after":  # the interrupted commit counts: its checkpoint is the one before the stop
+        assert publisher.checkpoints[-2][1].next_row == committed > 0
+    assert (progress.delivered, progress.in_doubt) == (committed, 0)
+    last = publisher.checkpoints[-1][1]
+    assert (last.status, last.next_row) == (ReplayStatus.STOPPED, committed)
+    assert publisher.aborts == 1  # what was sent after it is dropped
 
 
 def test_a_replay_told_to_stop_stops_at_the_next_commit():

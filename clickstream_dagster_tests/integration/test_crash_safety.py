@@ -220,6 +220,64 @@ def test_a_zombie_producer_is_fenced_when_the_next_attempt_starts(kafka_bootstra
     assert [json.loads(r.value)["n"] for r in read_committed(kafka_bootstrap_servers, topic, settle_s=1)] == [1, 4]
 
 
+class _SignalAt:
+    """The client's producer, with a signal (KeyboardInterrupt) landing when ``method`` is
+    called once: where an interrupt can strike inside the publisher's commit."""
+
+    def __init__(self, producer, method: str, before: bool):
+        self._producer, self._method, self._before = producer, method, before
+
+    def __getattr__(self, name):
+        attribute = getattr(self._producer, name)
+        if name != self._method:
+            return attribute
+
+        def interrupted(*args, **kwargs):
+            self._method = None  # once
+            if not self._before:
+                attribute(*args, **kwargs)
+            raise KeyboardInterrupt
+
+        return interrupted
+
+
+@pytest.mark.parametrize("lands", ["before the commit", "after the commit"])
+def test_an_interrupted_commit_is_resolved_to_what_the_broker_did(kafka_bootstrap_servers, topic, client, lands):
+    """A signal inside ``commit``: ``resolve_commit`` says whether the broker committed, and
+    the producer goes on (to abort what followed and record the stop), whichever client."""
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap_servers)
+    KafkaResource(bootstrap_servers=kafka_bootstrap_servers).ensure_topic(topic)
+    kind = LibrdkafkaPublisher if client == "librdkafka" else KafkaPublisher
+    publisher = kind(settings, topic, [], checkpoint_topic=DEFAULT_CHECKPOINT_TOPIC, transactional_id=transactional_id(topic), delivery_timeout_s=10)
+    real = publisher.producer
+    try:
+        publisher.send(b"k", b'{"n": 1}', None)
+        publisher.commit(b"interrupt-test", b"{}", 10)
+        publisher.send(b"k", b'{"n": 2}', None)
+        if lands == "after the commit":  # the broker committed; the next transaction had not begun
+            publisher.producer = _SignalAt(real, "begin_transaction", before=False)
+        elif client == "librdkafka":  # commit_transaction not called yet
+            publisher.producer = _SignalAt(real, "commit_transaction", before=True)
+        else:  # kafka-python: the commit not begun yet
+            real._transaction_manager = _SignalAt(real._transaction_manager, "begin_commit", before=True)
+        with pytest.raises(KeyboardInterrupt):
+            publisher.commit(b"interrupt-test", b"{}", 10)
+        publisher.producer = real
+        if client == "kafka-python":
+            real._transaction_manager = getattr(real._transaction_manager, "_producer", real._transaction_manager)
+        committed = publisher.resolve_commit(10)
+        # librdkafka: commit_transaction was about to be called, so resolving completes it.
+        assert committed == (lands == "after the commit" or client == "librdkafka")
+        publisher.send(b"k", b'{"n": 3}', None)
+        publisher.abort(10)
+        publisher.commit(b"interrupt-test", b"{}", 10)  # the stop checkpoint
+    finally:
+        publisher.producer = real
+        publisher.close(5)
+    expected = [1, 2] if committed else [1]
+    assert [json.loads(r.value)["n"] for r in read_committed(kafka_bootstrap_servers, topic, settle_s=1)] == expected
+
+
 def test_a_second_replay_into_the_topic_waits_for_the_first_and_never_interleaves(prepared, kafka_bootstrap_servers, topic, tmp_path, client):
     first = cli_replay(prepared, kafka_bootstrap_servers, tmp_path / "a", DAY, client=client, topic=topic, pacing="fixed", interval_ms=20, limit=1500)
     wait_for(lambda: checkpoint_of(kafka_bootstrap_servers, topic, DAY), 60, "the first replay's claim")
