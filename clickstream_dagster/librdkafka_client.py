@@ -74,6 +74,12 @@ def librdkafka_config(
     return config
 
 
+def _timed_out(error: KafkaException) -> bool:
+    """librdkafka gave up waiting (a transaction call's timeout): the outcome is unknown."""
+    kafka_error = error.args[0] if error.args else None
+    return isinstance(kafka_error, KafkaError) and kafka_error.code() == KafkaError._TIMED_OUT
+
+
 class LibrdkafkaDelivery:
     """One message's delivery report, shaped like kafka-python's ``FutureRecordMetadata``
     (``is_done``, ``failed()``, ``exception``, ``value.partition/.offset``, ``add_callback``).
@@ -255,8 +261,7 @@ class LibrdkafkaPublisher:
             self.producer.flush(timeout_s)
             self.producer.begin_transaction()
         except KafkaException as error:
-            kafka_error = error.args[0] if error.args else None
-            if isinstance(kafka_error, KafkaError) and kafka_error.code() == KafkaError._TIMED_OUT:
+            if _timed_out(error):
                 raise CommitInDoubt(
                     f"Kafka at {self.settings.bootstrap_servers} did not confirm a commit to {self.topic!r} "
                     f"within {timeout_s:g} s (delivery_timeout_s)"
@@ -283,8 +288,7 @@ class LibrdkafkaPublisher:
             self.producer.flush(timeout_s)  # hand the committed messages' reports over
             return True
         except KafkaException as error:
-            kafka_error = error.args[0] if error.args else None
-            if isinstance(kafka_error, KafkaError) and kafka_error.code() == KafkaError._TIMED_OUT:
+            if _timed_out(error):
                 raise CommitInDoubt(
                     f"Kafka at {self.settings.bootstrap_servers} did not confirm an interrupted commit within {timeout_s:g} s"
                 ) from error
@@ -306,8 +310,7 @@ class LibrdkafkaPublisher:
             self.producer.abort_transaction(timeout_s)
             self.producer.begin_transaction()
         except KafkaException as error:
-            kafka_error = error.args[0] if error.args else None
-            if isinstance(kafka_error, KafkaError) and kafka_error.code() == KafkaError._TIMED_OUT:
+            if _timed_out(error):
                 raise DeliveryError(
                     f"Kafka at {self.settings.bootstrap_servers} did not confirm an abort within {timeout_s:g} s"
                 ) from error
