@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.producer.transaction_manager import TransactionState
 from kafka.errors import (
     AuthorizationError,
     ClusterAuthorizationFailedError,
@@ -28,6 +27,7 @@ from kafka.errors import (
     TopicAuthorizationFailedError,
     TransactionalIdAuthorizationFailedError,
 )
+from kafka.producer.transaction_manager import TransactionState
 
 from clickstream_dagster.checkpoints import TRANSACTIONAL_ID_PREFIX, Checkpoint
 from clickstream_dagster.kafka_login import login_problem
