@@ -428,9 +428,18 @@ def _consumer(settings: KafkaSettings) -> KafkaConsumer:
         raise settings.unavailable("connecting a consumer", error) from error
 
 
-def _read_to_end(settings: KafkaSettings, consumer: KafkaConsumer, topic: str, start: dict[int, int] | None):
+class CheckpointsIncomplete(BrokerUnavailable):
+    """Some checkpoints cannot be read yet: a transaction left open (by a replay that died in
+    the middle of a commit) holds back every later record until the broker aborts it."""
+
+
+def _read_to_end(
+    settings: KafkaSettings, consumer: KafkaConsumer, topic: str, start: dict[int, int] | None, complete_within_s: float | None = None
+):
     """Records of ``topic`` from ``start`` (default: the beginning) to the end offsets seen
-    now, read_committed: the end is the last stable offset, which an open transaction holds."""
+    now, read_committed: the end is the last stable offset, which an open transaction holds.
+    ``complete_within_s``: raise ``CheckpointsIncomplete`` unless that end reaches every record
+    written before the read began within that time."""
     partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
     if not partitions:
         return
@@ -440,7 +449,14 @@ def _read_to_end(settings: KafkaSettings, consumer: KafkaConsumer, topic: str, s
             consumer.seek_to_beginning(tp)
         else:
             consumer.seek(tp, start[tp.partition])
-    end = stable_end_offsets(settings, consumer, partitions)
+    end, high = stable_end_offsets(settings, consumer, partitions, complete_within_s or MARKER_WAIT_S, with_high=True)
+    held = {tp.partition: (end[tp], high[tp]) for tp in partitions if end[tp] < high[tp]}
+    if complete_within_s is not None and held:
+        raise CheckpointsIncomplete(
+            f"Kafka at {settings.bootstrap_servers}: {topic!r} is not readable to its end after {complete_within_s:g} s: "
+            f"a transaction left open holds it back (partition: (last stable offset, end) {held}); the broker aborts "
+            f"it at its transaction timeout"
+        )
     deadline = time.monotonic() + max(settings.connect_timeout_s, 30.0)
     while any(consumer.position(tp) < end[tp] for tp in partitions):
         if time.monotonic() > deadline:
@@ -455,26 +471,29 @@ def _read_to_end(settings: KafkaSettings, consumer: KafkaConsumer, topic: str, s
 MARKER_WAIT_S = 5.0
 
 
-def stable_end_offsets(settings: KafkaSettings, consumer: KafkaConsumer, partitions: list[TopicPartition]):
+def stable_end_offsets(
+    settings: KafkaSettings, consumer: KafkaConsumer, partitions: list[TopicPartition], wait_s: float = MARKER_WAIT_S, with_high: bool = False
+):
     """The read_committed end offsets, once the transactions already in the log have ended.
 
     A producer's commit returns before the broker has written the commit markers, and until
     then the last stable offset stays before that transaction: read at once, a replay that
     has just finished would look short by its last commit (seen here after about a third of
-    commits). So wait, at most MARKER_WAIT_S, for the last stable offsets to reach the high
+    commits). So wait, at most ``wait_s``, for the last stable offsets to reach the high
     watermarks seen now; a transaction left open longer (a live or a killed writer) is not
-    waited for: its records are not readable yet, and the end is where they begin."""
+    waited for: its records are not readable yet, and the end is where they begin.
+    ``with_high``: also return those high watermarks."""
     end = consumer.end_offsets(partitions)
     probe = KafkaConsumer(**settings.client_config())  # read_uncommitted: the high watermarks
     try:
         high = probe.end_offsets(partitions)
     finally:
         probe.close()
-    deadline = time.monotonic() + MARKER_WAIT_S
+    deadline = time.monotonic() + wait_s
     while any(end[tp] < high[tp] for tp in partitions) and time.monotonic() < deadline:
-        time.sleep(0.02)
+        time.sleep(0.02 if wait_s <= MARKER_WAIT_S else 0.5)
         end = consumer.end_offsets(partitions)
-    return end
+    return (end, high) if with_high else end
 
 
 def end_offsets(settings: KafkaSettings, topic: str) -> dict[int, int]:
@@ -499,13 +518,15 @@ def read_committed_since(settings: KafkaSettings, topic: str, start: dict[int, i
         consumer.close()
 
 
-def read_checkpoints(settings: KafkaSettings, checkpoint_topic: str) -> list[Checkpoint]:
+def read_checkpoints(settings: KafkaSettings, checkpoint_topic: str, complete_within_s: float | None = None) -> list[Checkpoint]:
     """Every replay's latest committed checkpoint, read from the start of the small compacted
-    checkpoint topic to its end."""
+    checkpoint topic to its end. ``complete_within_s``: for verdicts that an old checkpoint
+    would make wrong; raises ``CheckpointsIncomplete`` if a transaction left open by a dead
+    replay still hides later checkpoints after that long."""
     consumer = _consumer(settings)
     try:
         latest: dict[bytes, Checkpoint] = {}
-        for record in _read_to_end(settings, consumer, checkpoint_topic, None):
+        for record in _read_to_end(settings, consumer, checkpoint_topic, None, complete_within_s):
             if record.value is None:
                 latest.pop(record.key, None)  # a tombstone: forgotten
                 continue

@@ -43,7 +43,7 @@ from clickstream_dagster.feed import (
     next_step,
 )
 from clickstream_dagster.jobs import prepare_clickstream, replay_clickstream
-from clickstream_dagster.kafka_client import BrokerUnavailable
+from clickstream_dagster.kafka_client import MARKER_WAIT_S, BrokerUnavailable
 from clickstream_dagster.partitions import clickstream_days
 from clickstream_dagster.resources.kafka import KafkaResource
 from clickstream_dagster.resources.log_file import ClickstreamLogFile
@@ -256,8 +256,10 @@ def replay_watchdog(context: SensorEvaluationContext, kafka: KafkaResource):
     if not started:
         return SkipReason(f"no replay run has been running for over {kafka.lease_s:g} s")
     try:
-        checkpoints = {(c.topic, c.day): c for c in kafka.checkpoints()}
-    except BrokerUnavailable as error:
+        # Judged on a complete view only: a checkpoint hidden behind a dead replay's open
+        # transaction would make a live run look silent.
+        checkpoints = {(c.topic, c.day): c for c in kafka.checkpoints(complete_within_s=MARKER_WAIT_S)}
+    except BrokerUnavailable as error:  # also CheckpointsIncomplete: judged at a later tick
         return SkipReason(f"could not read the replays' checkpoints: {error}")
     marked = []
     for record in started:

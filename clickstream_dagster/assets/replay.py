@@ -41,7 +41,7 @@ from clickstream_dagster.checkpoints import (
     plan_replay,
     transactional_id,
 )
-from clickstream_dagster.kafka_client import BrokerUnavailable, KafkaPublisher, NotAuthorized, TopicUnfit
+from clickstream_dagster.kafka_client import BrokerUnavailable, CheckpointsIncomplete, KafkaPublisher, NotAuthorized, TopicUnfit
 from clickstream_dagster.pacing import Pacing, PacingError, send_offsets
 from clickstream_dagster.partitions import clickstream_days
 from clickstream_dagster.readback import verify_replay
@@ -451,7 +451,12 @@ def delivered_exactly_once(context: AssetCheckExecutionContext, kafka: KafkaReso
     run = context.instance.get_run_by_id(context.run.run_id)
     topic = run.tags.get(TOPIC_TAG, DEFAULT_TOPIC)
     replay_id = run.root_run_id or run.run_id
-    mine = [c for c in kafka.checkpoints() if c.topic == topic and c.day == day and c.replay_id == replay_id]
+    try:
+        # A dead replay's open transaction can hide the checkpoint for a while: wait it out.
+        checkpoints = kafka.checkpoints(complete_within_s=kafka.open_transaction_bound_s)
+    except CheckpointsIncomplete as error:
+        return AssetCheckResult(passed=False, metadata={"reason": f"could not read the checkpoints: {error}"})
+    mine = [c for c in checkpoints if c.topic == topic and c.day == day and c.replay_id == replay_id]
     if not mine or mine[0].status != ReplayStatus.FINISHED:
         state = mine[0].describe(time.time_ns() // 1_000_000) if mine else "no checkpoint"
         return AssetCheckResult(passed=False, metadata={"reason": f"the replay did not finish: {state}"})

@@ -113,9 +113,16 @@ class KafkaResource(ConfigurableResource):
         """What a read_committed consumer finds in ``topic`` from ``start_offsets`` on."""
         return read_committed_since(self.settings(), topic, start_offsets)
 
-    def checkpoints(self) -> list[Checkpoint]:
-        """Every replay's latest committed checkpoint (read_committed)."""
-        return read_checkpoints(self.settings(), self.checkpoint_topic)
+    @property
+    def open_transaction_bound_s(self) -> float:
+        """How long a transaction left open by a dead producer can last: the producers'
+        transaction timeout (at least 60 s), plus the broker's 10 s sweep for expired ones."""
+        return max(self.delivery_timeout_s, 60.0) + 15.0
+
+    def checkpoints(self, complete_within_s: float | None = None) -> list[Checkpoint]:
+        """Every replay's latest committed checkpoint (read_committed). ``complete_within_s``:
+        raise ``CheckpointsIncomplete`` rather than return an incomplete view after that long."""
+        return read_checkpoints(self.settings(), self.checkpoint_topic, complete_within_s)
 
     def publisher(
         self, topic: str, headers: list[tuple[str, bytes]], transactional_id: str | None

@@ -20,9 +20,9 @@ from dagster._core.storage.tags import WILL_RETRY_TAG
 from kafka import KafkaConsumer, TopicPartition
 
 from clickstream_dagster.assets import prepare, replay
-from clickstream_dagster.checkpoints import DEFAULT_CHECKPOINT_TOPIC, ReplayStatus, transactional_id
+from clickstream_dagster.checkpoints import DEFAULT_CHECKPOINT_TOPIC, Checkpoint, ReplayStatus, transactional_id
 from clickstream_dagster.generator import write_log
-from clickstream_dagster.kafka_client import KafkaPublisher, KafkaSettings, read_checkpoints
+from clickstream_dagster.kafka_client import CheckpointsIncomplete, KafkaPublisher, KafkaSettings, ensure_topic, read_checkpoints
 from clickstream_dagster.librdkafka_client import LibrdkafkaPublisher
 from clickstream_dagster.replay import ProducerFenced
 from clickstream_dagster.resources.kafka import KafkaResource
@@ -320,7 +320,10 @@ def test_the_watchdog_fails_a_killed_command_line_run_and_leaves_a_live_one_alon
             ticks.append(replay_watchdog(build_sensor_context(instance=instance, resources={"kafka": kafka})))
             return instance.get_run_by_id(killed_run).status == DagsterRunStatus.FAILURE
 
-        wait_for(killed_run_failed, 120, "the watchdog to fail the killed run", every_s=2)
+        # Killed in the middle of a commit, its open transaction hides the live replay's newer
+        # checkpoints until the broker aborts it (transaction timeout, 60 s): the watchdog
+        # judges nothing meanwhile.
+        wait_for(killed_run_failed, 180, "the watchdog to fail the killed run", every_s=2)
         assert instance.get_run_by_id(live_run).status == DagsterRunStatus.STARTED, ticks
         assert live.poll() is None
         [failure] = instance.get_records_for_run(killed_run, of_type=DagsterEventType.RUN_FAILURE).records
@@ -334,6 +337,39 @@ def test_the_watchdog_fails_a_killed_command_line_run_and_leaves_a_live_one_alon
             if process is not None and process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(10)
+        # What a resume would do first: fence the killed replay, aborting any transaction it left
+        # open, which would hide later checkpoints from the next tests for a minute.
+        KafkaPublisher(
+            KafkaSettings(bootstrap_servers=kafka_bootstrap_servers), killed_topic, [],
+            checkpoint_topic=DEFAULT_CHECKPOINT_TOPIC, transactional_id=transactional_id(killed_topic),
+        ).close()
+
+
+def test_checkpoints_hidden_by_a_dead_transaction_are_not_mistaken_for_the_latest(kafka_bootstrap_servers, topic):
+    """A replay killed mid-commit leaves its transaction open: read_committed readers see no
+    checkpoint after it until the broker aborts it. A reader that needs the latest view says so."""
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap_servers)
+    checkpoint_topic = topic  # one partition, as the shared one, which must not be held back
+    ensure_topic(settings, checkpoint_topic, partitions=1, replication_factor=1, create=True)
+    first = Checkpoint("t", DAY, "R", "R", 10, 100, ReplayStatus.RUNNING, 1)
+    # (the publishers' own topic: the same one, nothing is sent to it)
+    dead = KafkaPublisher(settings, topic, [], checkpoint_topic=checkpoint_topic, transactional_id=f"{topic}-dead")
+    live = KafkaPublisher(settings, topic, [], checkpoint_topic=checkpoint_topic, transactional_id=f"{topic}-live")
+    try:
+        live.commit(first.key, first.to_bytes(), 10)
+        dead.producer.send(checkpoint_topic, key=b"dead", value=b"{}")  # never committed: "killed"
+        dead.producer.flush(10)
+        later = Checkpoint("u", DAY, "U", "U", 20, 100, ReplayStatus.RUNNING, 2)
+        live.commit(later.key, later.to_bytes(), 10)
+        # Without the requirement: the view stops at the open transaction (the later one hidden).
+        assert [c.next_row for c in read_checkpoints(settings, checkpoint_topic)] == [10]
+        with pytest.raises(CheckpointsIncomplete, match="transaction left open"):
+            read_checkpoints(settings, checkpoint_topic, complete_within_s=1)
+        dead.abort(10)  # what the broker does at the transaction timeout, or the next attempt at once
+        assert sorted(c.next_row for c in read_checkpoints(settings, checkpoint_topic, complete_within_s=10)) == [10, 20]
+    finally:
+        dead.close(1)
+        live.close(1)
 
 
 def test_at_least_once_delivers_every_row_without_transactions(prepared, kafka_bootstrap_servers, topic, client):
