@@ -248,13 +248,19 @@ def run_replay(
             else:
                 span[0], span[1] = min(span[0], first), max(span[1], last)
 
+    def record_batch_acks(delivery: Delivery | BatchDelivery) -> bool:
+        """Count what of a batch was acknowledged (all of it, or, when the batch is not delivered
+        whole, what is in the topic anyway: not a prefix of the day to resume after).
+        False for a single message's delivery."""
+        if getattr(delivery, "spans", None) is None:
+            return False
+        record_spans(delivery.spans)
+        progress.acked += delivery.acked
+        return True
+
     def record_ack(delivery: Delivery | BatchDelivery, size: int, j: int) -> None:
         """``delivery`` (the last of rows ..j) acknowledged: ``size`` bytes."""
-        spans = getattr(delivery, "spans", None)  # a BatchDelivery
-        if spans is not None:
-            record_spans(spans)
-            progress.acked += delivery.acked
-        else:
+        if not record_batch_acks(delivery):
             meta = delivery.value
             span = progress.offsets.get(meta.partition)
             if span is None:
@@ -269,13 +275,6 @@ def run_replay(
                 latency[j] = (acked_at[j] or clock()) - start - due_s[j]
             progress.delivered = j + 1
 
-    def record_partial(delivery: Delivery | BatchDelivery) -> None:
-        """A batch not delivered whole: what of it was acknowledged is in the topic, counted
-        (but not delivered: not a prefix of the day to resume after)."""
-        if getattr(delivery, "spans", None) is not None:
-            record_spans(delivery.spans)
-            progress.acked += delivery.acked
-
     def settle(block: bool) -> None:
         # Deliveries complete in order per partition; in the loop, looking at the head is enough.
         while pending and (block or pending[0][0].is_done):
@@ -284,7 +283,7 @@ def run_replay(
                 raise DeliveryError(f"{progress.sent - progress.acked} message(s) not acknowledged by the broker")
             pending.popleft()
             if delivery.failed():
-                record_partial(delivery)
+                record_batch_acks(delivery)
                 raise DeliveryError(f"the broker rejected a message: {delivery.exception!r}") from delivery.exception
             record_ack(delivery, size, j)
         if pending and clock() - start - due_s[pending[0][2]] > timing.delivery_timeout_s + lateness[pending[0][2]]:
@@ -426,7 +425,7 @@ def run_replay(
                     if delivery.is_done and not delivery.failed():
                         record_ack(delivery, size, j)
                     else:
-                        record_partial(delivery)
+                        record_batch_acks(delivery)
                         break
                 pending.clear()
                 clean = True
