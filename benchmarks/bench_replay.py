@@ -291,7 +291,7 @@ def render(r: dict) -> str:
     ]
     bare_rate = med([x["rate"] for x in tp["bare"]])
     for name, label in (
-        ("replay", "project replay, exactly_once (transactions, checkpoint every ~100 ms)"),
+        ("replay", "project replay, exactly_once (transactions, a checkpoint every 100 ms or 19 commit-times)"),
         ("replay_alo", "project replay, at_least_once (idempotent, checkpoints, no transactions)"),
         ("rdk", "project replay on librdkafka (`client: librdkafka`), exactly_once"),
         ("rdk_alo", "project replay on librdkafka, at_least_once"),

@@ -183,6 +183,10 @@ class ReplayTiming:
     # A commit at least this often while messages flow (max pacing, or waits too short to
     # hold a commit), and a heartbeat commit at least this often during long waits.
     commit_every_s: float = 0.1
+    # ... but while messages flow, commits take at most about this share of the time: when a
+    # commit is slow (a distant cluster, a busy coordinator) they come less often instead, and a
+    # max-paced exactly_once replay keeps over 90% of at_least_once's rate.
+    commit_share: float = 0.05
     heartbeat_s: float = 5.0
     # A message or commit the broker has not confirmed this long after it was due fails the replay.
     delivery_timeout_s: float = 30.0
@@ -329,14 +333,22 @@ def run_replay(
             progress.delivered, progress.in_doubt = rows, 0
         committing[0] = None
 
+    def commit_interval_s() -> float:
+        """How old the oldest unreadable message gets while messages flow: commit_every_s, or
+        longer when commits are slow, so they take at most commit_share of the time."""
+        if not recent_commits_s:
+            return timing.commit_every_s
+        commit_s = statistics.median(recent_commits_s)
+        return max(timing.commit_every_s, commit_s * (1 - timing.commit_share) / timing.commit_share)
+
     def commit_due(now: float, waiting: bool) -> bool:
         since = now - last_commit
         if transactional:
-            # Before a wait, make what was sent readable at once; while sending, every commit_every_s.
+            # Before a wait, make what was sent readable at once; while sending, every commit_interval_s.
             # the oldest message not yet readable (a commit covers rows delivered..sent)
             if progress.sent > progress.delivered:
                 oldest_s = now - (start + due_s[progress.delivered] + lateness[progress.delivered])
-                if waiting or oldest_s >= timing.commit_every_s:
+                if waiting or oldest_s >= commit_interval_s():
                     return True
             return since >= timing.heartbeat_s
         settle(block=False)
