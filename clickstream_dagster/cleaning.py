@@ -232,11 +232,11 @@ def user_id(visitor: pl.Expr) -> pl.Expr:
 @dataclass
 class _Chunk:
     """Whole physical lines of the file, in memory: ``buf[starts[i]:ends[i]]`` is line i
-    without its line ending, ``buf[starts[i]:stops[i]]`` with it."""
+    without its line ending, ``buf[starts[i]:stops[i]]`` with it. Line numbers are counted
+    from the chunk's first line (0): the lines before it are counted when it is collected."""
 
-    buf: bytes
+    buf: bytearray
     offset: int  # file offset of buf[0]
-    first_line: int  # line number of line 0
     starts: np.ndarray
     ends: np.ndarray
     stops: np.ndarray
@@ -246,15 +246,12 @@ class _Chunk:
         return len(self.starts)
 
     def raw(self, i: int) -> bytes:
-        return self.buf[self.starts[i] : self.ends[i]]
+        return bytes(self.buf[self.starts[i] : self.ends[i]])
 
 
-def _split_lines(buf: bytes, eof: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """(starts, ends, stops, lone CRs, bytes consumed) of the whole lines in ``buf``.
-
-    Before the end of the file, a trailing partial line (and a final CR, which may be
-    half of a CRLF) is left for the next chunk.
-    """
+def _split_lines(buf: bytes | bytearray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(starts, ends, stops, lone CRs) of the lines of ``buf``, which ends at a line's end
+    or at the end of the file (a last line without a line ending)."""
     a = np.frombuffer(buf, np.uint8)
     n = len(a)
     term = np.flatnonzero(a == _LF)
@@ -262,44 +259,46 @@ def _split_lines(buf: bytes, eof: bool) -> tuple[np.ndarray, np.ndarray, np.ndar
     if b"\r" in buf:
         cr = np.flatnonzero(a == _CR)
         after = a[np.minimum(cr + 1, n - 1)]
-        last = cr + 1 == n
-        lone_cr = cr[(~last & (after != _LF)) | (last & eof)]
+        lone_cr = cr[(cr + 1 == n) | (after != _LF)]
         term = np.union1d(term, lone_cr)
-    consumed = n if eof else (int(term[-1]) + 1 if len(term) else 0)
     stops = term + 1
     starts = np.concatenate(([0], stops[:-1])) if len(stops) else stops
     ends = term.copy()
     if b"\r" in buf and len(term):  # CRLF: the CR belongs to the line ending, not to the line
         ends -= (a[term] == _LF) & (term > starts) & (a[np.maximum(term - 1, 0)] == _CR)
-    if eof and consumed > (int(stops[-1]) if len(stops) else 0):  # a last line without a line ending
+    if n > (int(stops[-1]) if len(stops) else 0):  # a last line without a line ending
         starts = np.append(starts, stops[-1] if len(stops) else 0)
         ends = np.append(ends, n)
         stops = np.append(stops, n)
-    return starts.astype(np.int64), ends.astype(np.int64), stops.astype(np.int64), lone_cr, consumed
+    return starts.astype(np.int64), ends.astype(np.int64), stops.astype(np.int64), lone_cr
 
 
-def _chunks(log: LogFile, chunk_bytes: int) -> Iterator[_Chunk]:
-    """The file's data lines, a chunk of whole lines at a time."""
-    line = 2  # the header is line 1
-    offset = log.data_offset
-    carry = b""
-    with log.path.open("rb") as f:
+def _blocks(log: LogFile, chunk_bytes: int) -> Iterator[tuple[bytearray, int]]:
+    """The file's data lines, about ``chunk_bytes`` of whole lines at a time, with the file
+    offset of each block. Read in place (``readinto``, the partial last line carried to the
+    next block): the reading thread feeds both workers, so it copies nothing it can avoid."""
+    offset, carry = log.data_offset, b""
+    with log.path.open("rb", buffering=0) as f:
         f.seek(offset)
-        eof = False
-        while not eof:
-            block = f.read(chunk_bytes)
-            eof = not block
-            buf = carry + block if carry else block
-            if not buf:
-                break
-            starts, ends, stops, lone_cr, consumed = _split_lines(buf, eof)
-            if consumed == 0:  # one line longer than a chunk: read on
-                carry = buf
+        while True:
+            buf = bytearray(len(carry) + chunk_bytes)
+            buf[: len(carry)] = carry
+            read = f.readinto(memoryview(buf)[len(carry) :])
+            end = len(carry) + read
+            if read == 0:  # the end of the file: the rest is the last line
+                if end:
+                    del buf[end:]
+                    yield buf, offset
+                return
+            # Up to the last line end; a CR in the last byte may be half of a CRLF.
+            cut = max(buf.rfind(b"\n", 0, end), buf.rfind(b"\r", 0, end - 1)) + 1
+            if cut == 0:  # one line longer than a block: read on
+                carry = bytes(buf[:end])
                 continue
-            yield _Chunk(buf[:consumed], offset, line, starts, ends, stops, lone_cr)
-            line += len(starts)
-            offset += consumed
-            carry = buf[consumed:]
+            carry = bytes(buf[cut:end])
+            del buf[cut:]
+            yield buf, offset
+            offset += cut
 
 
 def _line_of(chunk: _Chunk, positions: np.ndarray) -> np.ndarray:
@@ -494,7 +493,8 @@ class StagedLog:
             raise ValueError(f"{day} is not a day of the dataset ({self.window.days()[0]}..{self.window.days()[-1]})")
         rows = self._buckets.get(day, _KEPT_SCHEMA)
         first = rows.select(pl.struct(*PUBLISHED_COLUMNS).is_first_distinct()).to_series()
-        events = rows.filter(first).sort("original_timestamp", "line_number").select(PUBLISHED_COLUMNS)
+        # Rows are in file order: a stable sort by time keeps ties in file order.
+        events = rows.filter(first).sort("original_timestamp", maintain_order=True).select(PUBLISHED_COLUMNS)
         duplicates = rows.filter(~first).select("line_number", "offset", "length")
         self._duplicates[day] = self._with_raw_lines(duplicates).with_columns(
             reason=pl.lit(RejectReason.DUPLICATE.value), day=pl.lit(day)
@@ -515,6 +515,13 @@ class StagedLog:
             fd = f.fileno()
             raw = [os.pread(fd, n, o) for o, n in zip(lines["offset"].to_list(), lines["length"].to_list(), strict=True)]
         return lines.select("line_number", raw_line=pl.Series(raw, dtype=pl.Binary))
+
+    def split_days(self, days: list[str]) -> None:
+        """Decide the duplicates of several days at once, two days at a time (Polars releases
+        the GIL): what ``day_events`` and ``rejects`` would do one day after the other."""
+        with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+            for _ in pool.map(self._split_day, days):
+                pass
 
     def day_events(self, day: str) -> pl.LazyFrame:
         """The day's kept page views, sorted by time; ties keep file order."""
@@ -537,21 +544,25 @@ class StagedLog:
 
 @dataclass
 class _Classified:
-    kept: dict[str, pl.DataFrame]  # by day
+    lines: int
+    kept: dict[str, pl.DataFrame]  # by day; line numbers counted from the chunk's first line
     rejected: pl.DataFrame
 
 
-def _collect(classified: _Classified, buckets: _Buckets) -> None:
+def _collect(classified: _Classified, buckets: _Buckets, first_line: int) -> None:
+    """Into the buckets, with the line numbers of the file (the chunk's first is ``first_line``)."""
+    in_file = pl.col("line_number") + first_line
     for day, frame in classified.kept.items():
-        buckets.add(day, frame)
-    buckets.add("rejects", classified.rejected)
+        buckets.add(day, frame.with_columns(in_file))
+    buckets.add("rejects", classified.rejected.with_columns(in_file))
 
 
-def _classify_chunk(chunk: _Chunk, log: LogFile, window: DayWindow, max_line_bytes: int) -> _Classified:
-    """Every line of one chunk: kept rows by day, or rejected with its reason and raw bytes."""
+def _classify_block(buf: bytearray, offset: int, log: LogFile, window: DayWindow, max_line_bytes: int) -> _Classified:
+    """Every line of one block: kept rows by day, or rejected with its reason and raw bytes."""
+    chunk = _Chunk(buf, offset, *_split_lines(buf))
     days = window.days()
     code = _byte_checks(chunk, log, max_line_bytes)
-    line_numbers = np.arange(chunk.first_line, chunk.first_line + len(chunk), dtype=np.int64)
+    line_numbers = np.arange(len(chunk), dtype=np.int64)
     passing = code == 0
     rejected_idx: list[np.ndarray] = []
     rejected_reason: list[pl.Series] = []
@@ -587,7 +598,8 @@ def _classify_chunk(chunk: _Chunk, log: LogFile, window: DayWindow, max_line_byt
         idx = np.concatenate(rejected_idx)
         order = np.argsort(idx, kind="stable")
         idx = idx[order]
-        raw = [chunk.buf[s:e] for s, e in zip(chunk.starts[idx].tolist(), chunk.ends[idx].tolist(), strict=True)]
+        view = memoryview(chunk.buf)
+        raw = [bytes(view[s:e]) for s, e in zip(chunk.starts[idx].tolist(), chunk.ends[idx].tolist(), strict=True)]
         rejected = pl.DataFrame(
             {
                 "line_number": line_numbers[idx],
@@ -597,7 +609,7 @@ def _classify_chunk(chunk: _Chunk, log: LogFile, window: DayWindow, max_line_byt
             },
             schema=_REJECTED_SCHEMA,
         )
-    return _Classified(kept_by_day, rejected)
+    return _Classified(len(chunk), kept_by_day, rejected)
 
 
 def stage_log(
@@ -620,16 +632,21 @@ def stage_log(
     stat = log.path.stat()
     buckets = _Buckets(directory, memory_budget_bytes)
     lines = 0
-    # NumPy and Polars release the GIL: while one chunk is checked, another is parsed.
+
+    def collect(classified: _Classified) -> None:
+        nonlocal lines
+        _collect(classified, buckets, first_line=lines + 2)  # the header is line 1
+        lines += classified.lines
+
+    # NumPy and Polars release the GIL: while one block is checked, another is parsed.
     with ThreadPoolExecutor(max_workers=_THREADS) as pool:
         pending: deque[Future] = deque()
-        for chunk in _chunks(log, chunk_bytes):
-            pending.append(pool.submit(_classify_chunk, chunk, log, window, max_line_bytes))
-            lines += len(chunk)
+        for buf, offset in _blocks(log, chunk_bytes):
+            pending.append(pool.submit(_classify_block, buf, offset, log, window, max_line_bytes))
             while len(pending) > _THREADS:
-                _collect(pending.popleft().result(), buckets)
+                collect(pending.popleft().result())
         while pending:
-            _collect(pending.popleft().result(), buckets)
+            collect(pending.popleft().result())
     return StagedLog(
         log=log,
         window=window,
@@ -661,15 +678,20 @@ class EventsSummary:
     last_timestamp: int | None
 
 
-def summarize_events(events: pl.LazyFrame) -> EventsSummary:
-    row = events.select(
+def _summary(events: pl.LazyFrame) -> pl.LazyFrame:
+    return events.select(
         rows=pl.len(),
         distinct_users=pl.col("userId").n_unique(),
         distinct_products=pl.col("productId").drop_nulls().n_unique(),
         first_timestamp=pl.col("original_timestamp").min(),
         last_timestamp=pl.col("original_timestamp").max(),
-    ).collect().row(0, named=True)
-    return EventsSummary(**row)
+    )
+
+
+def summarize_days(events: dict[str, pl.LazyFrame]) -> dict[str, EventsSummary]:
+    """Each day's summary, the days computed side by side in one Polars call."""
+    frames = pl.collect_all([_summary(frame) for frame in events.values()])
+    return {day: EventsSummary(**frame.row(0, named=True)) for day, frame in zip(events, frames, strict=True)}
 
 
 def count_by_reason(rejects: pl.LazyFrame) -> dict[str, int]:

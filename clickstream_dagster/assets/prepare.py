@@ -35,7 +35,7 @@ from clickstream_dagster.cleaning import (
     count_by_reason,
     count_data_lines,
     log_version,
-    summarize_events,
+    summarize_days,
 )
 from clickstream_dagster.partitions import DATASET_WINDOW, clickstream_days
 from clickstream_dagster.resources.log_file import ClickstreamLogFile
@@ -95,10 +95,11 @@ def clickstream_events(
     days = context.partition_keys
     with tempfile.TemporaryDirectory(prefix="clickstream-staging-") as staging_dir:
         staged = clickstream_log.stage(DATASET_WINDOW, Path(staging_dir))
-        frames = {}
+        staged.split_days(days)
+        frames = {day: staged.day_events(day) for day in days}
+        summaries = summarize_days(frames)
         for day in days:
-            frames[day] = staged.day_events(day)
-            summary = summarize_events(frames[day])
+            summary = summaries[day]
             rejects = count_by_reason(staged.rejects(day))
             context.add_asset_metadata(
                 {

@@ -48,21 +48,18 @@ class DailyParquetIOManager(PolarsParquetIOManager):
                 f"{context.asset_key.to_user_string()}: output has partitions {sorted(obj)} "
                 f"but the run targets {sorted(paths)}"
             )
-        for partition_key, frame in obj.items():
-            path = paths[partition_key]
+        for path in paths.values():
             self.make_directory(path.parent)
-            if isinstance(frame, pl.LazyFrame):
-                self.sink_df_to_path(context, frame, path)
-            else:
-                self.write_df_to_path(context, frame, path)
+        self._replace(context, {paths[key]: _lazy(frame) for key, frame in obj.items()})
 
     def write_df_to_path(self, context: OutputContext, df: pl.DataFrame, path: Any) -> None:
-        self._replace(context, df.lazy(), path)
+        self._replace(context, {path: df.lazy()})
 
     def sink_df_to_path(self, context: OutputContext, df: pl.LazyFrame, path: Any) -> None:
-        self._replace(context, df, path)
+        self._replace(context, {path: df})
 
-    def _replace(self, context: OutputContext, frame: pl.LazyFrame, path: Any) -> None:
+    def _replace(self, context: OutputContext, frames: dict[Any, pl.LazyFrame]) -> None:
+        """Write each frame to its path, replacing the file there whole."""
         options = context.definition_metadata or {}
         write = {
             "compression": options.get("compression", "zstd"),
@@ -70,28 +67,39 @@ class DailyParquetIOManager(PolarsParquetIOManager):
             "statistics": options.get("statistics", False),
             "row_group_size": options.get("row_group_size"),
         }
-        if getattr(path, "protocol", "") not in _LOCAL_PROTOCOLS:
-            # Object storage: an object appears whole when its upload completes.
-            buffer = io.BytesIO()
-            frame.collect(engine="streaming").write_parquet(buffer, **write)
-            path.write_bytes(buffer.getvalue())
+        local = {path: frame for path, frame in frames.items() if getattr(path, "protocol", "") in _LOCAL_PROTOCOLS}
+        for path, frame in frames.items():
+            if path not in local:
+                # Object storage: an object appears whole when its upload completes.
+                buffer = io.BytesIO()
+                frame.collect(engine="streaming").write_parquet(buffer, **write)
+                path.write_bytes(buffer.getvalue())
+        if not local:
             return
-        target = os.fspath(path)
-        directory, name = os.path.split(target)
-        _remove_stale_temporaries(directory, name)
-        # Hidden (dot) name: Parquet dataset readers skip it; the pid says whose it is.
-        temporary = os.path.join(directory, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        temporaries = {}
+        for path in local:
+            directory, name = os.path.split(os.fspath(path))
+            _remove_stale_temporaries(directory, name)
+            # Hidden (dot) name: Parquet dataset readers skip it; the pid says whose it is.
+            temporaries[path] = os.path.join(directory, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         try:
-            frame.sink_parquet(temporary, **write)
-            os.replace(temporary, target)
+            # All files in one Polars call: the days are written side by side.
+            pl.collect_all([frame.sink_parquet(temporaries[path], lazy=True, **write) for path, frame in local.items()])
+            for path, temporary in temporaries.items():
+                os.replace(temporary, os.fspath(path))
         finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
+            for temporary in temporaries.values():
+                if os.path.exists(temporary):
+                    os.unlink(temporary)
 
     def scan_df_from_path(self, path: Any, context: InputContext, partition_key: str | None = None) -> pl.LazyFrame:
         return pl.scan_parquet(
             str(path), storage_options=_remap_fsspec_storage_options(self.storage_options)
         )
+
+
+def _lazy(frame: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+    return frame.lazy() if isinstance(frame, pl.DataFrame) else frame
 
 
 def _remove_stale_temporaries(directory: str, name: str) -> None:
