@@ -237,6 +237,10 @@ def run_replay(
     # to the 100 ms cadence (as a running mean did, for the next half second).
     # None measured yet: try one in the first wait.
     recent_commits_s: deque[float] = deque(maxlen=15)
+    # Both derived from recent_commits_s at each commit, as the send loop reads them: the
+    # typical commit, and how old the oldest unreadable message gets while messages flow
+    # (commit_every_s, or longer when commits are slow, so they take at most commit_share of the time).
+    typical_commit_s, commit_interval_s = 0.0, timing.commit_every_s
     # Rows a commit under way covers, until they are accounted for: an interrupt (a signal)
     # can land inside the commit or just after it, when the broker may have committed rows
     # the counts do not show yet.
@@ -294,7 +298,7 @@ def run_replay(
             raise DeliveryError(f"no acknowledgement from the broker for {timing.delivery_timeout_s:g} s")
 
     def commit(status: ReplayStatus) -> None:
-        nonlocal last_commit
+        nonlocal last_commit, typical_commit_s, commit_interval_s
         reason = should_stop()
         if reason:
             raise ReplayStopped(reason)
@@ -321,6 +325,8 @@ def run_replay(
         progress.commits += 1
         progress.commit_s.append(done - began)
         recent_commits_s.append(done - began)
+        typical_commit_s = statistics.median(recent_commits_s)
+        commit_interval_s = max(timing.commit_every_s, typical_commit_s * (1 - timing.commit_share) / timing.commit_share)
         last_commit = done
         if done - began > 1.0:
             progress.elapsed_s = done - start
@@ -333,14 +339,6 @@ def run_replay(
             progress.delivered, progress.in_doubt = rows, 0
         committing[0] = None
 
-    def commit_interval_s() -> float:
-        """How old the oldest unreadable message gets while messages flow: commit_every_s, or
-        longer when commits are slow, so they take at most commit_share of the time."""
-        if not recent_commits_s:
-            return timing.commit_every_s
-        commit_s = statistics.median(recent_commits_s)
-        return max(timing.commit_every_s, commit_s * (1 - timing.commit_share) / timing.commit_share)
-
     def commit_due(now: float, waiting: bool) -> bool:
         since = now - last_commit
         if transactional:
@@ -348,7 +346,7 @@ def run_replay(
             # the oldest message not yet readable (a commit covers rows delivered..sent)
             if progress.sent > progress.delivered:
                 oldest_s = now - (start + due_s[progress.delivered] + lateness[progress.delivered])
-                if waiting or oldest_s >= commit_interval_s():
+                if waiting or oldest_s >= commit_interval_s:
                     return True
             return since >= timing.heartbeat_s
         settle(block=False)
@@ -359,8 +357,7 @@ def run_replay(
         """Sleep until ``due``; commit first if the wait can hold a commit, beat during long waits."""
         now = clock()
         while now < due:
-            commit_s = statistics.median(recent_commits_s) if recent_commits_s else 0.0
-            if due - now > commit_s * 1.5 and commit_due(now, waiting=True):
+            if due - now > typical_commit_s * 1.5 and commit_due(now, waiting=True):
                 commit(ReplayStatus.RUNNING)
                 now = clock()
                 continue
