@@ -50,7 +50,7 @@ class DailyParquetIOManager(PolarsParquetIOManager):
             )
         for path in paths.values():
             self.make_directory(path.parent)
-        self._replace(context, {paths[key]: _lazy(frame) for key, frame in obj.items()})
+        self._replace(context, {paths[key]: frame.lazy() for key, frame in obj.items()})
 
     def write_df_to_path(self, context: OutputContext, df: pl.DataFrame, path: Any) -> None:
         self._replace(context, {path: df.lazy()})
@@ -96,10 +96,6 @@ class DailyParquetIOManager(PolarsParquetIOManager):
         return pl.scan_parquet(
             str(path), storage_options=_remap_fsspec_storage_options(self.storage_options)
         )
-
-
-def _lazy(frame: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
-    return frame.lazy() if isinstance(frame, pl.DataFrame) else frame
 
 
 def _remove_stale_temporaries(directory: str, name: str) -> None:
