@@ -46,16 +46,23 @@ def kafka_from_environment() -> KafkaResource:
     return KafkaResource(**config)
 
 
+def resources_from_environment() -> dict:
+    """The resources as this deployment's environment sets them. The values they are built with
+    are the defaults of their config fields (``BuiltValuesAreDefaults``): a run that sets some
+    fields keeps the others, and the launchpad shows them (an ``EnvVar`` by its name)."""
+    return {
+        "clickstream_log": ClickstreamLogFile(path=os.environ.get("CLICKSTREAM_CSV", str(DEFAULT_LOG_PATH))),
+        # Unset: the Dagster instance's storage directory; or a local path / s3:// URL.
+        "parquet_io_manager": DailyParquetIOManager(base_dir=os.environ.get("CLICKSTREAM_STORAGE_DIR")),
+        "kafka": kafka_from_environment(),
+    }
+
+
 defs = Definitions(
     assets=[prepare.clickstream_csv, prepare.clickstream_events, prepare.clickstream_rejects, replay.click_data],
     asset_checks=[prepare.every_line_accounted_for, *prepare.EVENTS_CHECKS, replay.delivered_exactly_once],
     jobs=[prepare_clickstream, replay_clickstream],
     schedules=[replay_cycle],
     sensors=[clickstream_log_changed, replay_feed, replay_watchdog],
-    resources={
-        "clickstream_log": ClickstreamLogFile(path=os.environ.get("CLICKSTREAM_CSV", str(DEFAULT_LOG_PATH))),
-        # Unset: the Dagster instance's storage directory; or a local path / s3:// URL.
-        "parquet_io_manager": DailyParquetIOManager(base_dir=os.environ.get("CLICKSTREAM_STORAGE_DIR")),
-        "kafka": kafka_from_environment(),
-    },
+    resources=resources_from_environment(),
 )
