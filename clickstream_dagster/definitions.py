@@ -3,7 +3,7 @@
     clickstream_csv      the log file (CLICKSTREAM_CSV), watched by sensor clickstream_log_changed
         │  assets/prepare.py      pure logic: cleaning.py
         ▼
-    clickstream_events   15 daily Parquet partitions (2012-03-01..15), per-day checks
+    clickstream_events   daily Parquet partitions, the days of CLICKSTREAM_DAYS, per-day checks
     clickstream_rejects  every line not kept, with its reason; check: every line accounted for
         │  assets/replay.py       pure logic: pacing.py, encoding.py, replay.py, kafka_client.py
         ▼
@@ -13,6 +13,7 @@ Jobs (jobs.py): prepare_clickstream (a range of days in one run), replay_clickst
 Live feed (sensors.py, feed.py): replay_feed, the days one after the other without a gap
 (stopped until switched on). Watchdog (sensors.py, checkpoints.py): replay_watchdog fails the
 replay runs whose process is gone, judged by their checkpoints in Kafka. Schedule (schedules.py): replay_cycle, a day at fixed times.
+Days (partitions.py): CLICKSTREAM_DAYS=FIRST..LAST, default the sample's 2012-03-01..2012-03-15.
 Resources: the log file, the Parquet IO manager (CLICKSTREAM_STORAGE_DIR) and the Kafka
 cluster (KAFKA_*). Everything that differs per deployment is an environment variable.
 """

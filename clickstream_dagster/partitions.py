@@ -1,14 +1,19 @@
-"""The dataset's fifteen UTC days: one home for the partitions every asset, job and schedule uses."""
+"""The dataset's UTC days: one home for the partitions every asset, job, schedule and sensor uses.
 
-from datetime import date
+The days are a setting, ``CLICKSTREAM_DAYS=FIRST..LAST`` (default the sample's fifteen days,
+2012-03-01..2012-03-15), read and validated when the definitions load: a bad value stops the
+code location from loading with one message naming the setting and its form.
+"""
+
+import os
 
 from dagster import DailyPartitionsDefinition
 
-from clickstream_dagster.cleaning import DayWindow
+from clickstream_dagster.cleaning import DAYS_SETTING, DayWindow
 
-DATASET_WINDOW = DayWindow(first=date(2012, 3, 1), end=date(2012, 3, 16))
+DATASET_WINDOW = DayWindow.parse(os.environ.get(DAYS_SETTING))
 
-# end_date is exclusive: this yields the 15 keys 2012-03-01 .. 2012-03-15.
+# end_date is exclusive: the keys are DATASET_WINDOW.days(), first to last.
 clickstream_days = DailyPartitionsDefinition(
     start_date=DATASET_WINDOW.first.isoformat(), end_date=DATASET_WINDOW.end.isoformat()
 )
