@@ -6,10 +6,12 @@ import sys
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
+from dagster import PartitionKeyRange
+from dagster._core.definitions.partitions.context import partition_loading_context
 
 from clickstream_dagster.cleaning import MAX_WINDOW_DAYS, DayWindow
 from clickstream_dagster.cycle import cycle_day
-from clickstream_dagster.partitions import DATASET_WINDOW, clickstream_days
+from clickstream_dagster.partitions import DATASET_WINDOW, DayOutsideWindow, clickstream_days
 
 FORM = "expected FIRST..LAST, two UTC days as YYYY-MM-DD, both included (e.g. 2026-11-01..2026-11-30)"
 
@@ -47,6 +49,19 @@ def test_a_bad_window_is_refused_naming_the_setting_the_value_and_the_form(value
 
 def test_the_partitions_are_the_windows_days():
     assert clickstream_days.get_partition_keys() == DATASET_WINDOW.days()
+
+
+@pytest.mark.parametrize("day", ["2013-01-01", "2012-02-29", "yesterday"])
+def test_a_day_outside_the_window_is_refused_naming_the_window(day):
+    refused = f"{day} is not one of the days of this deployment: CLICKSTREAM_DAYS=2012-03-01..2012-03-15 "
+    with partition_loading_context() as context, pytest.raises(DayOutsideWindow, match=refused):
+        clickstream_days.validate_partition_key(day, context)
+    with pytest.raises(DayOutsideWindow, match=refused):
+        clickstream_days.get_partition_keys_in_range(PartitionKeyRange("2012-03-14", day))
+    clickstream_days.validate_partition_key("2012-03-15", context)
+    assert clickstream_days.get_partition_keys_in_range(PartitionKeyRange("2012-03-14", "2012-03-15")) == [
+        "2012-03-14", "2012-03-15",
+    ]  # fmt: skip
 
 
 def _load_definitions(days: str) -> subprocess.CompletedProcess:
