@@ -102,12 +102,47 @@ class LogFormatError(ValueError):
     """The input file cannot be read as a clickstream log; the message names the file."""
 
 
+# The setting that names the dataset's days, its form, and the sample's fifteen days.
+DAYS_SETTING = "CLICKSTREAM_DAYS"
+DAYS_FORM = "FIRST..LAST, two UTC days as YYYY-MM-DD, both included (e.g. 2026-11-01..2026-11-30)"
+SAMPLE_DAYS = "2012-03-01..2012-03-15"
+# A day is a partition: ten years of them is already more than a person browses in the UI.
+MAX_WINDOW_DAYS = 3660
+
+
 @dataclass(frozen=True)
 class DayWindow:
     """The UTC days the dataset covers: ``first`` inclusive, ``end`` exclusive."""
 
     first: date
     end: date
+
+    @classmethod
+    def parse(cls, text: str | None, setting: str = DAYS_SETTING) -> DayWindow:
+        """The window ``FIRST..LAST`` (both included; unset or empty: the sample's days), or a
+        ``ValueError`` naming ``setting``, the value and the expected form."""
+        text = (text or "").strip() or SAMPLE_DAYS
+
+        def fail(problem: str) -> ValueError:
+            return ValueError(f"{setting}={text!r}: {problem}; expected {DAYS_FORM}")
+
+        bounds = text.split("..")
+        if len(bounds) != 2:
+            raise fail("not two days joined by '..'")
+        first, last = (_parse_day(bound.strip(), fail) for bound in bounds)
+        if last < first:
+            raise fail(f"the last day {last} is before the first {first}")
+        if (last - first).days + 1 > MAX_WINDOW_DAYS:
+            raise fail(f"{(last - first).days + 1} days, more than the {MAX_WINDOW_DAYS} allowed")
+        return cls(first=first, end=last + timedelta(days=1))
+
+    @property
+    def last(self) -> date:
+        return self.end - timedelta(days=1)
+
+    def __str__(self) -> str:
+        """The window as the setting spells it: ``2012-03-01..2012-03-15``."""
+        return f"{self.first}..{self.last}"
 
     @property
     def start_epoch_s(self) -> int:
@@ -120,6 +155,16 @@ class DayWindow:
     def days(self) -> list[str]:
         n = (self.end - self.first).days
         return [(self.first + timedelta(days=i)).isoformat() for i in range(n)]
+
+
+def _parse_day(text: str, fail) -> date:
+    # Strictly YYYY-MM-DD: date.fromisoformat alone also takes 20261101 or 2026-W44-7.
+    try:
+        if len(text) != 10 or text[4] != "-" or text[7] != "-":
+            raise ValueError
+        return date.fromisoformat(text)
+    except ValueError:
+        raise fail(f"{text!r} is not a day") from None
 
 
 def _epoch_s(day: date) -> int:

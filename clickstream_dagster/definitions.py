@@ -3,7 +3,7 @@
     clickstream_csv      the log file (CLICKSTREAM_CSV), watched by sensor clickstream_log_changed
         │  assets/prepare.py      pure logic: cleaning.py
         ▼
-    clickstream_events   15 daily Parquet partitions (2012-03-01..15), per-day checks
+    clickstream_events   daily Parquet partitions, the days of CLICKSTREAM_DAYS, per-day checks
     clickstream_rejects  every line not kept, with its reason; check: every line accounted for
         │  assets/replay.py       pure logic: pacing.py, encoding.py, replay.py, kafka_client.py
         ▼
@@ -13,6 +13,7 @@ Jobs (jobs.py): prepare_clickstream (a range of days in one run), replay_clickst
 Live feed (sensors.py, feed.py): replay_feed, the days one after the other without a gap
 (stopped until switched on). Watchdog (sensors.py, checkpoints.py): replay_watchdog fails the
 replay runs whose process is gone, judged by their checkpoints in Kafka. Schedule (schedules.py): replay_cycle, a day at fixed times.
+Days (partitions.py): CLICKSTREAM_DAYS=FIRST..LAST, default the sample's 2012-03-01..2012-03-15.
 Resources: the log file, the Parquet IO manager (CLICKSTREAM_STORAGE_DIR) and the Kafka
 cluster (KAFKA_*). Everything that differs per deployment is an environment variable.
 """
@@ -46,16 +47,23 @@ def kafka_from_environment() -> KafkaResource:
     return KafkaResource(**config)
 
 
+def resources_from_environment() -> dict:
+    """The resources as this deployment's environment sets them. The values they are built with
+    are the defaults of their config fields (``BuiltValuesAreDefaults``): a run that sets some
+    fields keeps the others, and the launchpad shows them (an ``EnvVar`` by its name)."""
+    return {
+        "clickstream_log": ClickstreamLogFile(path=os.environ.get("CLICKSTREAM_CSV", str(DEFAULT_LOG_PATH))),
+        # Unset: the Dagster instance's storage directory; or a local path / s3:// URL.
+        "parquet_io_manager": DailyParquetIOManager(base_dir=os.environ.get("CLICKSTREAM_STORAGE_DIR")),
+        "kafka": kafka_from_environment(),
+    }
+
+
 defs = Definitions(
     assets=[prepare.clickstream_csv, prepare.clickstream_events, prepare.clickstream_rejects, replay.click_data],
     asset_checks=[prepare.every_line_accounted_for, *prepare.EVENTS_CHECKS, replay.delivered_exactly_once],
     jobs=[prepare_clickstream, replay_clickstream],
     schedules=[replay_cycle],
     sensors=[clickstream_log_changed, replay_feed, replay_watchdog],
-    resources={
-        "clickstream_log": ClickstreamLogFile(path=os.environ.get("CLICKSTREAM_CSV", str(DEFAULT_LOG_PATH))),
-        # Unset: the Dagster instance's storage directory; or a local path / s3:// URL.
-        "parquet_io_manager": DailyParquetIOManager(base_dir=os.environ.get("CLICKSTREAM_STORAGE_DIR")),
-        "kafka": kafka_from_environment(),
-    },
+    resources=resources_from_environment(),
 )

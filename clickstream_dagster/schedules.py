@@ -44,8 +44,8 @@ def cron_period_s(cron: str, at: datetime) -> float:
     execution_timezone="UTC",
     job=replay_clickstream,
     default_status=DefaultScheduleStatus.STOPPED,
-    description="Each tick replays the next of the 15 days (round robin from the tick time), original "
-    "timing; a tick that would overlap a replay still running is skipped with the reason.",
+    description="Each tick replays the next of the days (CLICKSTREAM_DAYS; round robin from the tick time), "
+    "original timing; a tick that would overlap a replay still running is skipped with the reason.",
 )
 def replay_cycle(context: ScheduleEvaluationContext):
     tick = context.scheduled_execution_time or datetime.now(timezone.utc)

@@ -15,13 +15,14 @@ from clickstream_dagster.kafka_client import (
     read_checkpoints,
     read_committed_since,
 )
+from clickstream_dagster.resources.built_defaults import BuiltValuesAreDefaults
 
 
 # Heartbeats come every 5 s (ReplayTiming.heartbeat_s): twice that, plus a stall's bound, is a dead replay.
 LEASE_MARGIN_S = 10.0
 
 
-class KafkaResource(ConfigurableResource):
+class KafkaResource(BuiltValuesAreDefaults, ConfigurableResource):
     """Connection and security settings of a Kafka cluster.
 
     ``definitions.py`` fills these from ``KAFKA_*`` environment variables; the password

@@ -14,12 +14,13 @@ from clickstream_dagster.cleaning import (
     inspect_log,
     stage_log,
 )
+from clickstream_dagster.resources.built_defaults import BuiltValuesAreDefaults
 
 # The committed sample, found from the package so it works whatever the working directory.
 DEFAULT_LOG_PATH = Path(__file__).resolve().parents[2] / "data" / "clickstream.csv"
 
 
-class ClickstreamLogFile(ConfigurableResource):
+class ClickstreamLogFile(BuiltValuesAreDefaults, ConfigurableResource):
     """The clickstream log to prepare: comma- or tab-separated, in the log's own layout
     (``Unix Timestamp``, ``Visitor Unique ID``, ...) or with the five published columns.
     Set by the ``CLICKSTREAM_CSV`` environment variable in ``definitions.py``."""

@@ -12,10 +12,12 @@ from dagster_polars import PolarsParquetIOManager
 # Private, but it is the one place dagster-polars maps fsspec credentials to Polars'.
 from dagster_polars.io_managers.parquet import _remap_fsspec_storage_options
 
+from clickstream_dagster.resources.built_defaults import BuiltValuesAreDefaults
+
 _LOCAL_PROTOCOLS = ("", "file", "local")
 
 
-class DailyParquetIOManager(PolarsParquetIOManager):
+class DailyParquetIOManager(BuiltValuesAreDefaults, PolarsParquetIOManager):
     """dagster-polars' Parquet IO manager, with three changes.
 
     - A single run may cover a range of days (one scan of the log prepares them all),

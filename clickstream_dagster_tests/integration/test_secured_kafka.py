@@ -247,7 +247,9 @@ def test_the_password_appears_in_no_storage_log_or_process_list(secured_kafka, s
     assert prepare_run.returncode == 0, prepare_run.stderr[-3000:]
 
     n = min(limit, pl.scan_parquet(tmp_path / "parquet" / "clickstream_events" / f"{DAY}.parquet").select(pl.len()).collect().item())
-    config = {"ops": {"click_data": {"config": {"topic": secured_topic, "pacing": "fixed", "interval_ms": 10, "limit": limit}}}}
+    config = {"ops": {"click_data": {"config": {"topic": secured_topic, "pacing": "fixed", "interval_ms": 10, "limit": limit}}},
+              # One field set for this run: the environment's servers, security and credentials stay.
+              "resources": {"kafka": {"config": {"topic_partitions": 2}}}}
     process = subprocess.Popen(dagster + ["--select", "click_data", "--config-json", json.dumps(config)], env=env,
                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     command_lines = []
