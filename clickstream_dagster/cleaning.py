@@ -669,6 +669,20 @@ def log_version(log: LogFile, *settings: object) -> str:
     return digest.hexdigest()[:32]
 
 
+def file_version(path: Path, previous: dict | None = None) -> dict:
+    """Size, mtime and sha256 of the file; the hash is only recomputed when size or mtime move.
+    The sha256 is the log's data version in Dagster (observations of ``clickstream_csv``)."""
+    stat = path.stat()
+    version = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if previous and all(previous.get(k) == version[k] for k in version):
+        return previous
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return version | {"sha256": digest.hexdigest()}
+
+
 @dataclass(frozen=True)
 class EventsSummary:
     rows: int

@@ -20,20 +20,22 @@ from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
     AssetIn,
-    AssetSpec,
     BackfillPolicy,
+    DataVersion,
     MetadataValue,
+    ObserveResult,
     Output,
-    asset,
     asset_check,
 )
 
+from clickstream_dagster.assets.beta_features import observable_source, partitioned_asset_check, single_run_asset
 from clickstream_dagster.assets.metadata import counts_table, epoch_text, numeric, preview
 from clickstream_dagster.cleaning import (
     PUBLISHED_COLUMNS,
     LogFile,
     count_by_reason,
     count_data_lines,
+    file_version,
     log_version,
     summarize_days,
 )
@@ -46,13 +48,26 @@ PREPARE_GROUP = "prepare"
 SHARED_REJECTS_DIR = Path(tempfile.gettempdir()) / "clickstream-prepare"
 _LINES_KEY = "clickstream/data_lines"
 
-# The log file itself: not computed here, observed by the clickstream_log_changed sensor.
-clickstream_csv = AssetSpec(
-    "clickstream_csv",
+# Observable, so that Dagster takes its observations (the sensor's, or "Observe" in the UI) as
+# its data version: the prepared assets record the sha256 they read, and show "Unsynced" only
+# when a later observation has another. (Staleness ignores the observations of a plain
+# AssetSpec and takes its version as INITIAL: every prepare looked out of date at once.)
+@observable_source(
+    name="clickstream_csv",
     group_name=PREPARE_GROUP,
-    kinds={"csv"},
-    description="The recorded page-view log (CLICKSTREAM_CSV), comma- or tab-separated.",
+    tags={"dagster/kind/csv": ""},
+    required_resource_keys={"clickstream_log"},
+    description="The recorded page-view log (CLICKSTREAM_CSV), comma- or tab-separated; its data "
+    "version is its sha256, observed by the clickstream_log_changed sensor.",
 )
+def clickstream_csv(context) -> ObserveResult:
+    version = file_version(Path(context.resources.clickstream_log.path))
+    return ObserveResult(data_version=DataVersion(version["sha256"]), metadata=log_metadata(version))
+
+
+def log_metadata(version: dict) -> dict:
+    """What an observation of the log shows, from ``cleaning.file_version``."""
+    return {"sha256": version["sha256"], "size_bytes": version["size"], "path": version["path"]}
 
 
 def _shared_rejects(log: LogFile, clickstream_log: ClickstreamLogFile) -> Path:
@@ -77,7 +92,7 @@ def _log_counts(context: AssetExecutionContext, lines: int, rejects: dict[str, i
     context.log.info(f"{lines:,} lines: {lines - rejected:,} kept, {rejected:,} rejected ({by_reason})")
 
 
-@asset(
+@single_run_asset(
     partitions_def=clickstream_days,
     deps=[clickstream_csv],
     # One run for a range of days: the log is scanned once, not once per day.
@@ -129,7 +144,7 @@ def clickstream_events(
         yield Output(frames)
 
 
-@asset(
+@single_run_asset(
     # After the events: when both run, it takes the rejects from the events' scan.
     deps=[clickstream_csv, clickstream_events],
     # Unpartitioned, but selectable with the events over a range of days in one run
@@ -238,7 +253,7 @@ def _day_bounds(day: str) -> tuple[int, int]:
 
 
 # Inputs are unannotated: one day arrives as a frame, a single-run range as a dict of them.
-@asset_check(asset=clickstream_events, partitions_def=clickstream_days)
+@partitioned_asset_check(asset=clickstream_events, partitions_def=clickstream_days)
 def no_null_user_id(context, clickstream_events) -> AssetCheckResult:
     def nulls(_day: str, frame: pl.LazyFrame) -> int:
         return frame.select(pl.col("userId").null_count()).collect().item()
@@ -246,7 +261,7 @@ def no_null_user_id(context, clickstream_events) -> AssetCheckResult:
     return _day_check(context, clickstream_events, nulls, "null_user_ids")
 
 
-@asset_check(asset=clickstream_events, partitions_def=clickstream_days)
+@partitioned_asset_check(asset=clickstream_events, partitions_def=clickstream_days)
 def timestamps_inside_day(context, clickstream_events) -> AssetCheckResult:
     def outside(day: str, frame: pl.LazyFrame) -> int:
         start, end = _day_bounds(day)
@@ -256,7 +271,7 @@ def timestamps_inside_day(context, clickstream_events) -> AssetCheckResult:
     return _day_check(context, clickstream_events, outside, "outside_day")
 
 
-@asset_check(asset=clickstream_events, partitions_def=clickstream_days)
+@partitioned_asset_check(asset=clickstream_events, partitions_def=clickstream_days)
 def no_duplicate_page_views(context, clickstream_events) -> AssetCheckResult:
     def duplicates(_day: str, frame: pl.LazyFrame) -> int:
         counts = frame.select(rows=pl.len(), distinct=pl.struct(PUBLISHED_COLUMNS).n_unique()).collect()
