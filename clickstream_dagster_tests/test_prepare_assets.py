@@ -152,3 +152,27 @@ def test_a_failed_write_leaves_the_previous_day_file_and_no_temporary(log, tmp_p
             built.io.handle_output(context, {"2012-03-03": failing})
     assert pl.read_parquet(day_file).equals(before)
     assert sorted(p.name for p in day_file.parent.iterdir()) == ["2012-03-03.parquet"]
+
+
+def test_replaying_a_day_not_prepared_fails_once_naming_the_day_storage_and_command(log, tmp_path, dagster_instance):
+    from clickstream_dagster.assets import replay
+    from clickstream_dagster.resources.kafka import KafkaResource
+
+    path, _ = log
+    result = materialize(
+        [prepare.clickstream_events, replay.click_data],
+        selection=[replay.click_data],
+        resources={**resources(path, tmp_path), "kafka": KafkaResource(bootstrap_servers="127.0.0.1:1")},
+        instance=dagster_instance,
+        partition_key="2012-03-05",
+        raise_on_error=False,
+    )
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.event_specific_data.error.message
+    assert "clickstream_events for 2012-03-05 is not prepared" in message
+    assert str(tmp_path) in message
+    assert "dagster asset materialize -m clickstream_dagster.definitions --select clickstream_events" in message
+    assert "--partition-range 2012-03-05...2012-03-05" in message
+    # Not retried: the day will not appear by itself.
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]

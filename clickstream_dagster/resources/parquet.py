@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 import polars as pl
-from dagster import InputContext, OutputContext
+from dagster import Failure, InputContext, MetadataValue, OutputContext
 from dagster_polars import PolarsParquetIOManager
 
 # Private, but it is the one place dagster-polars maps fsspec credentials to Polars'.
@@ -27,7 +27,8 @@ class DailyParquetIOManager(PolarsParquetIOManager):
       directory, then renamed over the old one; on object storage it is one PUT of the
       complete file.
     - Loading uses Polars 2's ``scan_parquet`` signature: dagster-polars 0.27 still
-      passes ``rechunk=``/``retries=``, which Polars 2 removed.
+      passes ``rechunk=``/``retries=``, which Polars 2 removed; and a file that is not
+      there fails once, naming the day, the storage and the command that prepares it.
 
     Files land at ``<base_dir>/<asset key>/<partition key>.parquet``; ``base_dir`` may be
     local or an object-store URL (``s3://bucket/prefix``), or unset for the instance's
@@ -92,10 +93,32 @@ class DailyParquetIOManager(PolarsParquetIOManager):
                 if os.path.exists(temporary):
                     os.unlink(temporary)
 
+    def load_from_path(self, context: InputContext, path: Any) -> Any:
+        if not path.exists():
+            day = path.stem if context.has_asset_partitions else None
+            message = not_prepared_message(context.asset_key.to_user_string(), path, self.base_dir, day)
+            if (context.definition_metadata or {}).get("allow_missing_partitions"):
+                raise FileNotFoundError(message)  # the caller skips missing days
+            # Not retried: the file will not appear by itself.
+            raise Failure(message, metadata={"path": MetadataValue.path(str(path))}, allow_retries=False)
+        return super().load_from_path(context, path)
+
     def scan_df_from_path(self, path: Any, context: InputContext, partition_key: str | None = None) -> pl.LazyFrame:
         return pl.scan_parquet(
             str(path), storage_options=_remap_fsspec_storage_options(self.storage_options)
         )
+
+
+def not_prepared_message(asset: str, path: Any, base_dir: str | None, partition: str | None) -> str:
+    """Which day is missing, where it was looked for, and how to prepare it."""
+    storage = base_dir or "the Dagster instance's storage directory"
+    what = f"{asset} for {partition}" if partition else asset
+    select = f"--select {asset} --partition-range {partition}...{partition}" if partition else f"--select {asset}"
+    return (
+        f"{what} is not prepared: no file {path} in the storage {storage} (CLICKSTREAM_STORAGE_DIR). "
+        f"Prepare it first: dagster asset materialize -m clickstream_dagster.definitions {select} "
+        "(or every day at once: the prepare_clickstream job)"
+    )
 
 
 def _remove_stale_temporaries(directory: str, name: str) -> None:
