@@ -481,6 +481,7 @@ class StagedLog:
     window: DayWindow
     directory: Path
     lines: int  # physical data lines (the header excluded)
+    version: str  # ``log_version`` of the file when the scan started
     _buckets: _Buckets
     _version: tuple[int, int]
     _events: dict[str, pl.LazyFrame] = field(default_factory=dict)
@@ -630,6 +631,7 @@ def stage_log(
         raise ValueError(f"max_line_bytes must be positive, got {max_line_bytes}")
     directory = Path(directory)
     stat = log.path.stat()
+    version = log_version(log)
     buckets = _Buckets(directory, memory_budget_bytes)
     lines = 0
 
@@ -652,6 +654,7 @@ def stage_log(
         window=window,
         directory=directory,
         lines=lines,
+        version=version,
         _buckets=buckets,
         _version=(stat.st_size, stat.st_mtime_ns),
     )

@@ -25,6 +25,7 @@ from dagster import (
     MetadataValue,
     ObserveResult,
     Output,
+    ResourceParam,
     asset_check,
 )
 
@@ -39,8 +40,10 @@ from clickstream_dagster.cleaning import (
     log_version,
     summarize_days,
 )
+from clickstream_dagster.leftovers import owner_tag, remove_abandoned, temporary_name
 from clickstream_dagster.partitions import DATASET_WINDOW, clickstream_days
 from clickstream_dagster.resources.log_file import ClickstreamLogFile
+from clickstream_dagster.resources.parquet import LOG_VERSION, DailyParquetIOManager
 
 PREPARE_GROUP = "prepare"
 
@@ -75,15 +78,22 @@ def _shared_rejects(log: LogFile, clickstream_log: ClickstreamLogFile) -> Path:
     return SHARED_REJECTS_DIR / f"rejects-{key}.parquet"
 
 
-def _share_rejects(path: Path, rejects: pl.DataFrame, lines: int) -> None:
+def _share_rejects(path: Path, rejects: pl.DataFrame, lines: int, version: str) -> None:
     """Write atomically, and drop what earlier versions of the log left behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob("rejects-*.parquet"):
         if stale != path:
             stale.unlink(missing_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    rejects.write_parquet(temporary, compression="lz4", metadata={_LINES_KEY: str(lines)})
+    remove_abandoned(path.parent)
+    temporary = path.with_name(temporary_name(path.name))
+    rejects.write_parquet(temporary, compression="lz4", metadata={_LINES_KEY: str(lines), LOG_VERSION: version})
     os.replace(temporary, path)
+
+
+def _staging_directory() -> tempfile.TemporaryDirectory:
+    """Where a scan spills, named for its process: a killed prepare's is removed by the next."""
+    remove_abandoned(tempfile.gettempdir())
+    return tempfile.TemporaryDirectory(prefix=f"clickstream-staging.{owner_tag()}.", suffix=".tmp")
 
 
 def _log_counts(context: AssetExecutionContext, lines: int, rejects: dict[str, int]) -> None:
@@ -108,7 +118,7 @@ def clickstream_events(
 ) -> Iterator[Output[dict[str, pl.LazyFrame]]]:
     log = clickstream_log.inspect()
     days = context.partition_keys
-    with tempfile.TemporaryDirectory(prefix="clickstream-staging-") as staging_dir:
+    with _staging_directory() as staging_dir:
         staged = clickstream_log.stage(DATASET_WINDOW, Path(staging_dir))
         staged.split_days(days)
         frames = {day: staged.day_events(day) for day in days}
@@ -138,10 +148,11 @@ def clickstream_events(
         if set(days) == set(DATASET_WINDOW.days()):
             all_rejects = staged.rejects().collect()
             _log_counts(context, staged.lines, count_by_reason(all_rejects.lazy()))
-            _share_rejects(_shared_rejects(log, clickstream_log), all_rejects, staged.lines)
+            _share_rejects(_shared_rejects(log, clickstream_log), all_rejects, staged.lines, staged.version)
         # Yielded inside the ``with``: the IO manager writes the frames (which may read
         # the staging files lazily) before the generator resumes and the directory goes.
-        yield Output(frames)
+        # The log version goes into every day file, for the accounting check.
+        yield Output(frames, metadata={LOG_VERSION: staged.version})
 
 
 @single_run_asset(
@@ -160,14 +171,15 @@ def clickstream_rejects(context: AssetExecutionContext, clickstream_log: Clickst
     log = clickstream_log.inspect()
     shared = _shared_rejects(log, clickstream_log)
     try:
-        lines = int(pl.read_parquet_metadata(shared)[_LINES_KEY])
+        shared_metadata = pl.read_parquet_metadata(shared)
+        lines, version = int(shared_metadata[_LINES_KEY]), shared_metadata[LOG_VERSION]
         rejects = pl.read_parquet(shared)
         shared.unlink(missing_ok=True)
         context.log.info(f"rejects taken from this version of {log.path.name}'s scan by clickstream_events")
     except (FileNotFoundError, KeyError, OSError):
-        with tempfile.TemporaryDirectory(prefix="clickstream-staging-") as staging_dir:
+        with _staging_directory() as staging_dir:
             staged = clickstream_log.stage(DATASET_WINDOW, Path(staging_dir))
-            rejects, lines = staged.rejects().collect(), staged.lines
+            rejects, lines, version = staged.rejects().collect(), staged.lines, staged.version
     by_reason = count_by_reason(rejects.lazy())
     _log_counts(context, lines, by_reason)
     context.add_output_metadata(
@@ -185,6 +197,7 @@ def clickstream_rejects(context: AssetExecutionContext, clickstream_log: Clickst
                 rejects.head(10).with_columns(pl.col("raw_line").map_elements(_printable, return_dtype=pl.String))
             ),
             "source": MetadataValue.path(str(log.path)),
+            LOG_VERSION: version,  # also written into the file, for the accounting check
         }
     )
     return rejects
@@ -203,6 +216,7 @@ def _printable(raw: bytes) -> str:
 )
 def every_line_accounted_for(
     clickstream_log: ClickstreamLogFile,
+    parquet_io_manager: ResourceParam[DailyParquetIOManager],
     clickstream_rejects: pl.DataFrame,
     events: dict[str, pl.LazyFrame],
 ) -> AssetCheckResult:
@@ -210,15 +224,36 @@ def every_line_accounted_for(
     kept = sum(frame.select(pl.len()).collect().item() for frame in events.values())
     missing_days = sorted(set(clickstream_days.get_partition_keys()) - set(events))
     rejected = clickstream_rejects.height
+    # A prepare killed half-way, or days prepared one by one from a changing log, leave files
+    # read from different versions of it: their counts cannot be compared with each other.
+    versions = parquet_io_manager.log_versions("clickstream_events", sorted(events))
+    versions |= parquet_io_manager.log_versions("clickstream_rejects")
+    mixed = mixed_versions(versions)
+    problems = [f"{len(missing_days)} day(s) not prepared yet"] if missing_days else []
+    problems += [mixed] if mixed else []
     return AssetCheckResult(
-        passed=not missing_days and lines == kept + rejected,
+        passed=not problems and lines == kept + rejected,
         metadata={
             **numeric({"data_lines": lines, "kept_rows": kept, "rejected_lines": rejected}),
             "unaccounted_lines": lines - kept - rejected,
             "days_not_prepared": ", ".join(missing_days) or "none",
+            "log_versions": ", ".join(sorted({v or "unknown" for v in versions.values()})) or "none",
         },
-        description=None if not missing_days else f"{len(missing_days)} day(s) not prepared yet",
+        description="; ".join(problems) or None,
     )
+
+
+def mixed_versions(versions: dict[str, str | None]) -> str | None:
+    """None when every file was read from one version of the log; else which files from which."""
+    by_version: dict[str, list[str]] = {}
+    for name, version in sorted(versions.items()):
+        by_version.setdefault(version or "unknown", []).append(name)
+    if len(by_version) < 2:
+        return None
+    # The biggest group first: the odd files out come last.
+    ordered = sorted(by_version.items(), key=lambda group: -len(group[1]))
+    groups = "; ".join(f"version {v}: {', '.join(files)}" for v, files in ordered)
+    return f"files read from {len(by_version)} different versions of the log ({groups}): prepare every day again"
 
 
 def _by_day(context, events) -> dict[str, pl.LazyFrame]:
