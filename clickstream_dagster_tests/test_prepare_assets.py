@@ -234,3 +234,23 @@ def test_a_prepare_removes_what_killed_prepares_left_and_nothing_of_live_ones(lo
     assert [p for p in left if p.exists()] == []
     assert live.exists()
     assert sorted(p.name for p in events_dir.iterdir()) == sorted(["2012-03-02.parquet", live.name])
+
+
+def test_a_quoted_line_break_is_one_kept_row_and_every_line_is_still_accounted_for(tmp_path, dagster_instance):
+    log_path = tmp_path / "clickstream.csv"
+    summary = write_log(log_path, rows=300, seed=8)
+    first = log_path.read_bytes().splitlines()[1]  # a kept row; its user agent is quoted
+    timestamp, rest = first.split(b",", 1)
+    multi = str(int(timestamp) + 1).encode() + b"," + rest.rsplit(b',"', 1)[0] + b',"Agent\nwith a second line"\n'
+    log_path.write_bytes(log_path.read_bytes() + multi)
+    storage = tmp_path / "storage"
+    result = materialize(PREPARE[:3], resources=resources(log_path, storage), instance=dagster_instance, tags=ALL_DAYS)
+    assert result.success
+    [evaluation] = result.get_asset_check_evaluations()
+    assert evaluation.passed, evaluation.metadata
+    assert evaluation.metadata["continuation_lines"].value == 1
+    kept = pl.concat([pl.read_parquet(f) for f in (storage / "clickstream_events").glob("*.parquet")])
+    assert kept.height == summary.kept_rows_expected + 1
+    assert kept.filter(pl.col("userAgent") == "Agent\nwith a second line").height == 1
+    [mat] = result.asset_materializations_for_node("clickstream_rejects")
+    assert mat.metadata["kept_lines"].value == kept.height

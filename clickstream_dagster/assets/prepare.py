@@ -34,6 +34,7 @@ from clickstream_dagster.assets.metadata import counts_table, epoch_text, numeri
 from clickstream_dagster.cleaning import (
     PUBLISHED_COLUMNS,
     LogFile,
+    StagedLog,
     count_by_reason,
     count_data_lines,
     file_version,
@@ -43,7 +44,7 @@ from clickstream_dagster.cleaning import (
 from clickstream_dagster.leftovers import owner_tag, remove_abandoned, temporary_name
 from clickstream_dagster.partitions import DATASET_WINDOW, clickstream_days
 from clickstream_dagster.resources.log_file import ClickstreamLogFile
-from clickstream_dagster.resources.parquet import LOG_VERSION, DailyParquetIOManager
+from clickstream_dagster.resources.parquet import CONTINUATION_LINES, LOG_VERSION, DailyParquetIOManager
 
 PREPARE_GROUP = "prepare"
 
@@ -78,7 +79,7 @@ def _shared_rejects(log: LogFile, clickstream_log: ClickstreamLogFile) -> Path:
     return SHARED_REJECTS_DIR / f"rejects-{key}.parquet"
 
 
-def _share_rejects(path: Path, rejects: pl.DataFrame, lines: int, version: str) -> None:
+def _share_rejects(path: Path, rejects: pl.DataFrame, staged: StagedLog) -> None:
     """Write atomically, and drop what earlier versions of the log left behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob("rejects-*.parquet"):
@@ -86,7 +87,8 @@ def _share_rejects(path: Path, rejects: pl.DataFrame, lines: int, version: str) 
             stale.unlink(missing_ok=True)
     remove_abandoned(path.parent)
     temporary = path.with_name(temporary_name(path.name))
-    rejects.write_parquet(temporary, compression="lz4", metadata={_LINES_KEY: str(lines), LOG_VERSION: version})
+    metadata = {_LINES_KEY: str(staged.lines), LOG_VERSION: staged.version, CONTINUATION_LINES: str(staged.continuation_lines)}
+    rejects.write_parquet(temporary, compression="lz4", metadata=metadata)
     os.replace(temporary, path)
 
 
@@ -96,10 +98,13 @@ def _staging_directory() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix=f"clickstream-staging.{owner_tag()}.", suffix=".tmp")
 
 
-def _log_counts(context: AssetExecutionContext, lines: int, rejects: dict[str, int]) -> None:
+def _log_counts(context: AssetExecutionContext, lines: int, rejects: dict[str, int], continuation: int) -> None:
     rejected = sum(rejects.values())
     by_reason = ", ".join(f"{reason} {n:,}" for reason, n in sorted(rejects.items())) or "none"
-    context.log.info(f"{lines:,} lines: {lines - rejected:,} kept, {rejected:,} rejected ({by_reason})")
+    joined = f"; {continuation:,} more lines inside quoted fields of multi-line records" if continuation else ""
+    context.log.info(
+        f"{lines:,} lines: {lines - rejected - continuation:,} kept, {rejected:,} rejected ({by_reason}){joined}"
+    )
 
 
 @single_run_asset(
@@ -147,8 +152,8 @@ def clickstream_events(
             context.log.info(f"{day}: {summary.rows} page views kept, {sum(rejects.values())} rejected")
         if set(days) == set(DATASET_WINDOW.days()):
             all_rejects = staged.rejects().collect()
-            _log_counts(context, staged.lines, count_by_reason(all_rejects.lazy()))
-            _share_rejects(_shared_rejects(log, clickstream_log), all_rejects, staged.lines, staged.version)
+            _log_counts(context, staged.lines, count_by_reason(all_rejects.lazy()), staged.continuation_lines)
+            _share_rejects(_shared_rejects(log, clickstream_log), all_rejects, staged)
         # Yielded inside the ``with``: the IO manager writes the frames (which may read
         # the staging files lazily) before the generator resumes and the directory goes.
         # The log version goes into every day file, for the accounting check.
@@ -173,6 +178,7 @@ def clickstream_rejects(context: AssetExecutionContext, clickstream_log: Clickst
     try:
         shared_metadata = pl.read_parquet_metadata(shared)
         lines, version = int(shared_metadata[_LINES_KEY]), shared_metadata[LOG_VERSION]
+        continuation = int(shared_metadata[CONTINUATION_LINES])
         rejects = pl.read_parquet(shared)
         shared.unlink(missing_ok=True)
         context.log.info(f"rejects taken from this version of {log.path.name}'s scan by clickstream_events")
@@ -180,14 +186,15 @@ def clickstream_rejects(context: AssetExecutionContext, clickstream_log: Clickst
         with _staging_directory() as staging_dir:
             staged = clickstream_log.stage(DATASET_WINDOW, Path(staging_dir))
             rejects, lines, version = staged.rejects().collect(), staged.lines, staged.version
+            continuation = staged.continuation_lines
     by_reason = count_by_reason(rejects.lazy())
-    _log_counts(context, lines, by_reason)
+    _log_counts(context, lines, by_reason, continuation)
     context.add_output_metadata(
         {
             **numeric(
                 {
                     "data_lines": lines,
-                    "kept_lines": lines - rejects.height,
+                    "kept_lines": lines - rejects.height - continuation,
                     "rejected_lines": rejects.height,
                     **{f"rejected_{k}": v for k, v in by_reason.items()},
                 }
@@ -197,7 +204,9 @@ def clickstream_rejects(context: AssetExecutionContext, clickstream_log: Clickst
                 rejects.head(10).with_columns(pl.col("raw_line").map_elements(_printable, return_dtype=pl.String))
             ),
             "source": MetadataValue.path(str(log.path)),
-            LOG_VERSION: version,  # also written into the file, for the accounting check
+            # Also written into the file, for the accounting check.
+            LOG_VERSION: version,
+            CONTINUATION_LINES: MetadataValue.int(continuation),
         }
     )
     return rejects
@@ -226,16 +235,20 @@ def every_line_accounted_for(
     rejected = clickstream_rejects.height
     # A prepare killed half-way, or days prepared one by one from a changing log, leave files
     # read from different versions of it: their counts cannot be compared with each other.
-    versions = parquet_io_manager.log_versions("clickstream_events", sorted(events))
-    versions |= parquet_io_manager.log_versions("clickstream_rejects")
+    files = parquet_io_manager.file_metadata("clickstream_events", sorted(events))
+    files |= parquet_io_manager.file_metadata("clickstream_rejects")
+    versions = {name: written.get(LOG_VERSION) for name, written in files.items()}
     mixed = mixed_versions(versions)
+    # Lines after the first of multi-line records (quoted fields holding a line break).
+    continuation = int(files.get("clickstream_rejects.parquet", {}).get(CONTINUATION_LINES, 0))
     problems = [f"{len(missing_days)} day(s) not prepared yet"] if missing_days else []
     problems += [mixed] if mixed else []
     return AssetCheckResult(
-        passed=not problems and lines == kept + rejected,
+        passed=not problems and lines == kept + rejected + continuation,
         metadata={
             **numeric({"data_lines": lines, "kept_rows": kept, "rejected_lines": rejected}),
-            "unaccounted_lines": lines - kept - rejected,
+            "continuation_lines": continuation,
+            "unaccounted_lines": lines - kept - rejected - continuation,
             "days_not_prepared": ", ".join(missing_days) or "none",
             "log_versions": ", ".join(sorted({v or "unknown" for v in versions.values()})) or "none",
         },

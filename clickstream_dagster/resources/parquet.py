@@ -16,9 +16,12 @@ from clickstream_dagster.leftovers import remove_abandoned, temporary_name
 
 _LOCAL_PROTOCOLS = ("", "file", "local")
 
-# Output metadata written into each file's Parquet key-value metadata as well: the version of
-# the log the file was read from, so that files of different prepares can be told apart.
+# Output metadata also written into each file's Parquet key-value metadata, for the accounting
+# check: the version of the log the file was read from (files of different prepares can be
+# told apart), and the lines inside multi-line records (a quoted field holding a line break).
 LOG_VERSION = "log_version"
+CONTINUATION_LINES = "continuation_lines"
+FILE_METADATA = (LOG_VERSION, CONTINUATION_LINES)
 
 
 class DailyParquetIOManager(PolarsParquetIOManager):
@@ -32,8 +35,8 @@ class DailyParquetIOManager(PolarsParquetIOManager):
       filesystem the file is written into a hidden temporary directory beside it, then
       renamed over the old one; on object storage it is one PUT of the complete file.
       What killed writers left behind is removed at the next write to that directory.
-    - An output's ``log_version`` metadata is written into each of its files (Parquet
-      key-value metadata), and ``log_versions`` reads it back for the accounting check.
+    - An output's ``FILE_METADATA`` entries are written into each of its files (Parquet
+      key-value metadata), and ``file_metadata`` reads them back for the accounting check.
     - Loading uses Polars 2's ``scan_parquet`` signature: dagster-polars 0.27 still
       passes ``rechunk=``/``retries=``, which Polars 2 removed; and a file that is not
       there fails once, naming the day, the storage and the command that prepares it.
@@ -70,13 +73,14 @@ class DailyParquetIOManager(PolarsParquetIOManager):
     def _replace(self, context: OutputContext, frames: dict[Any, pl.LazyFrame]) -> None:
         """Write each frame to its path, replacing the file there whole."""
         options = context.definition_metadata or {}
-        version = (context.output_metadata or {}).get(LOG_VERSION)
+        given = context.output_metadata or {}
+        in_file = {key: str(getattr(given[key], "value", given[key])) for key in FILE_METADATA if key in given}
         write = {
             "compression": options.get("compression", "zstd"),
             "compression_level": options.get("compression_level"),
             "statistics": options.get("statistics", False),
             "row_group_size": options.get("row_group_size"),
-            "metadata": None if version is None else {LOG_VERSION: str(getattr(version, "value", version))},
+            "metadata": in_file or None,
         }
         local = {path: frame for path, frame in frames.items() if getattr(path, "protocol", "") in _LOCAL_PROTOCOLS}
         for path, frame in frames.items():
@@ -118,17 +122,18 @@ class DailyParquetIOManager(PolarsParquetIOManager):
             raise Failure(message, metadata={"path": MetadataValue.path(str(path))}, allow_retries=False)
         return super().load_from_path(context, path)
 
-    def log_versions(self, asset: str, partitions: list[str] | None = None) -> dict[str, str | None]:
-        """The log version written into each file of ``asset`` (None: a file without one), by
-        file name under the storage (``asset/day.parquet``, or ``asset.parquet`` for one file)."""
+    def file_metadata(self, asset: str, partitions: list[str] | None = None) -> dict[str, dict[str, str]]:
+        """The ``FILE_METADATA`` written into each file of ``asset``, by file name under the
+        storage (``asset/day.parquet`` for ``partitions``, else ``asset.parquet``)."""
         names = [f"{asset}/{key}{self.extension}" for key in partitions] if partitions else [f"{asset}{self.extension}"]
         options = _remap_fsspec_storage_options(self.storage_options)
-        versions = {}
+        found = {}
         for name in names:
             path = self._base_path / name
             if path.exists():
-                versions[name] = pl.read_parquet_metadata(str(path), storage_options=options).get(LOG_VERSION)
-        return versions
+                written = pl.read_parquet_metadata(str(path), storage_options=options)
+                found[name] = {key: written[key] for key in FILE_METADATA if key in written}
+        return found
 
     def scan_df_from_path(self, path: Any, context: InputContext, partition_key: str | None = None) -> pl.LazyFrame:
         return pl.scan_parquet(
