@@ -82,6 +82,7 @@ _THREADS = 2
 _MEMORY_BUDGET_BYTES = 384 << 20
 _EXCERPT_CHARS = 60
 _LF, _CR, _QUOTE = 10, 13, 34
+_BOUNDARY_CHAIN = 8  # records in a row a block cut is moved back over, at most
 
 
 class RejectReason(StrEnum):
@@ -297,7 +298,7 @@ def _blocks(log: LogFile, chunk_bytes: int, max_line_bytes: int = DEFAULT_MAX_LI
             # Up to the last line end; a CR in the last byte may be half of a CRLF.
             cut = max(buf.rfind(b"\n", 0, end), buf.rfind(b"\r", 0, end - 1)) + 1
             if log.quoted and cut:
-                cut = _record_boundary(buf, cut, max_line_bytes)
+                cut = _record_boundary(buf, cut, log, max_line_bytes)
             if cut == 0:  # one line longer than a block: read on
                 carry = bytes(buf[:end])
                 continue
@@ -318,34 +319,45 @@ def _odd_quote_lines(a: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.
     return np.flatnonzero((np.searchsorted(q, ends) - np.searchsorted(q, starts)) % 2)
 
 
-def _record_boundary(buf: bytearray, cut: int, max_line_bytes: int) -> int:
+def _record_boundary(buf: bytearray, cut: int, log: LogFile, max_line_bytes: int) -> int:
     """``cut`` (a line start), moved back so that no record of a quoted field holding a line
-    break spans it. Such a record starts with an odd-quote line at most ``max_line_bytes``
-    before its end, so a cut with no odd-quote line starting in the ``max_line_bytes`` before
-    it is safe. 0 (read on) when the search reaches the block's start; past a few records'
-    length of stray quotes it gives up and keeps ``cut`` (its lines are then judged one by one).
-    """
+    break spans it. Such a record starts with the last odd-quote line before the cut (the
+    lines between are even), at most ``max_line_bytes`` before its end: the cut goes before
+    that line, and further back while that line closes a record with the odd-quote line
+    before it (as ``_join_quoted_breaks`` would join them). 0 (read on) when that reaches the
+    block's start; after a chain of ``_BOUNDARY_CHAIN`` such records it keeps ``cut`` (a record
+    across it is then judged line by line: rejected, still accounted for)."""
     if buf.find(b'"', max(cut - max_line_bytes - 1, 0), cut) < 0:
         return cut  # the common case: no quote near the cut
-    original, floor = cut, max(cut - 4 * max_line_bytes, 0)
-    while cut > 0:
-        lo = max(cut - max_line_bytes - 1, 0)
-        window = np.frombuffer(buf, np.uint8, count=cut - lo, offset=lo)
-        breaks = np.flatnonzero((window == _LF) | (window == _CR))
-        if lo == 0:  # the block's first line starts at 0
-            breaks = np.concatenate(([-1], breaks))
-        starts = breaks[:-1] + 1  # the lines that start and end inside the window
-        odd = _odd_quote_lines(window, starts, breaks[1:])
-        if not len(odd):
-            return cut
-        cut = lo + int(starts[odd[0]])
-        if cut < floor:
-            return original
-    return cut
+    lo = max(cut - 8 * max_line_bytes, 0)
+    window = np.frombuffer(buf, np.uint8, count=cut - lo, offset=lo)
+    breaks = np.flatnonzero((window == _LF) | (window == _CR))
+    if lo == 0:  # the block's first line starts at 0
+        breaks = np.concatenate(([-1], breaks))
+    starts, ends = breaks[:-1] + 1, breaks[1:]  # lines that start and end in the window
+    odd = _odd_quote_lines(window, starts, ends)[::-1].tolist()
+    starts, ends = starts + lo, ends + lo
+    if not odd or starts[odd[0]] < cut - max_line_bytes:
+        return cut  # no record from there can reach past the cut
+    closer = odd[0]  # a record it opens may close in the next block
+    for opener in odd[1:_BOUNDARY_CHAIN]:
+        joins = ends[closer] - starts[opener] <= max_line_bytes and _passes(buf, starts[opener], ends[closer], log, max_line_bytes)
+        if not joins:
+            return int(starts[closer])
+        closer = opener  # the two make a record: the cut goes before it
+    return int(starts[closer]) if len(odd) < _BOUNDARY_CHAIN else cut
 
 
-def _byte_checks(chunk: _Chunk, log: LogFile, max_line_bytes: int) -> np.ndarray:
-    """Per line, the first byte-level rule it breaks (a ``_BYTE_REASONS`` code) or 0."""
+def _passes(buf: bytearray, start: int, end: int, log: LogFile, max_line_bytes: int) -> bool:
+    """Whether ``buf[start:end]`` as one record passes every byte check."""
+    record = bytearray(buf[start:end])
+    one = np.array([0]), np.array([len(record)])
+    return _byte_checks(_Chunk(record, 0, *one, one[1], np.empty(0, np.int64)), log, max_line_bytes)[0][0] == 0
+
+
+def _byte_checks(chunk: _Chunk, log: LogFile, max_line_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per line, the first byte-level rule it breaks (a ``_BYTE_REASONS`` code) or 0; and the
+    lines with an odd number of quotes in a quoted log (see ``_join_quoted_breaks``)."""
     a = np.frombuffer(chunk.buf, np.uint8)
     n_lines = len(chunk)
     code = np.zeros(n_lines, np.int8)
@@ -355,11 +367,13 @@ def _byte_checks(chunk: _Chunk, log: LogFile, max_line_bytes: int) -> np.ndarray
     seps = np.flatnonzero(a == sep)
     fields = 1 + np.searchsorted(seps, chunk.ends) - np.searchsorted(seps, chunk.starts)
     bad_quoting = np.zeros(n_lines, bool)
+    odd = np.empty(0, np.int64)
     if log.quoted and b'"' in chunk.buf:
         q = np.flatnonzero(a == _QUOTE)
         line = _line_of(chunk, q)
         first_q = np.searchsorted(q, chunk.starts)
         n_q = np.searchsorted(q, chunk.ends) - first_q
+        odd = np.flatnonzero(n_q % 2)
         k = np.arange(len(q)) - first_q[line]  # the quote's rank in its line
         opening = k % 2 == 0
         prev = a[np.maximum(q - 1, 0)]
@@ -389,16 +403,17 @@ def _byte_checks(chunk: _Chunk, log: LogFile, max_line_bytes: int) -> np.ndarray
                     chunk.raw(i).decode("utf-8")
                 except UnicodeDecodeError:
                     code[i] = 1
-    return code
+    return code, odd
 
 
-def _join_quoted_breaks(chunk: _Chunk, code: np.ndarray, log: LogFile, max_line_bytes: int) -> tuple[_Chunk, np.ndarray, np.ndarray]:
+def _join_quoted_breaks(
+    chunk: _Chunk, code: np.ndarray, odd: np.ndarray, log: LogFile, max_line_bytes: int
+) -> tuple[_Chunk, np.ndarray, np.ndarray]:
     """Records instead of lines where a quoted field holds a line break (RFC 4180): an
     odd-quote line, the even-quote lines after it and the next odd-quote line make one record
     when together they pass every byte check (and fit in ``max_line_bytes``); otherwise each
     line stays a line, judged alone as before. Returns the records, their codes and the index
     of each record's first line (its line number in the chunk)."""
-    odd = _odd_quote_lines(np.frombuffer(chunk.buf, np.uint8), chunk.starts, chunk.ends)
     first = np.arange(len(chunk), dtype=np.int64)
     if len(odd) < 2:
         return chunk, code, first
@@ -407,13 +422,10 @@ def _join_quoted_breaks(chunk: _Chunk, code: np.ndarray, log: LogFile, max_line_
     while k < len(odd) - 1:
         i, j = int(odd[k]), int(odd[k + 1])
         start, end = int(chunk.starts[i]), int(chunk.ends[j])
-        if end - start <= max_line_bytes:
-            record = bytearray(chunk.buf[start:end])
-            one = np.array([0]), np.array([len(record)])
-            if _byte_checks(_Chunk(record, 0, *one, one[1], np.empty(0, np.int64)), log, max_line_bytes)[0] == 0:
-                joined.append((i, j))
-                k += 2
-                continue
+        if end - start <= max_line_bytes and _passes(chunk.buf, start, end, log, max_line_bytes):
+            joined.append((i, j))
+            k += 2
+            continue
         k += 1  # line i stays alone; j may open a record of its own
     if not joined:
         return chunk, code, first
@@ -640,9 +652,9 @@ def _classify_block(buf: bytearray, offset: int, log: LogFile, window: DayWindow
     chunk = _Chunk(buf, offset, *_split_lines(buf))
     lines = len(chunk)
     days = window.days()
-    code = _byte_checks(chunk, log, max_line_bytes)
-    if log.quoted and b'"' in buf:
-        chunk, code, line_numbers = _join_quoted_breaks(chunk, code, log, max_line_bytes)
+    code, odd = _byte_checks(chunk, log, max_line_bytes)
+    if len(odd) > 1:
+        chunk, code, line_numbers = _join_quoted_breaks(chunk, code, odd, log, max_line_bytes)
     else:
         line_numbers = np.arange(lines, dtype=np.int64)
     passing = code == 0

@@ -438,3 +438,21 @@ def test_a_block_never_ends_inside_a_multi_line_record(tmp_path):
     for chunk_bytes in (1, 7, 100, 333, 4096):
         kept, rejects = prepare(path, tmp_path / str(chunk_bytes), chunk_bytes=chunk_bytes)
         assert rejects.height == 0 and kept.height == 200, chunk_bytes
+
+
+def test_a_block_cut_keeps_a_multi_line_record_whole_among_stray_quotes(tmp_path):
+    # Odd-quote lines that join nothing (truncated inside a quoted field) near every cut.
+    stray = line(ts=MAR1, ua="x").replace(",x", ',"truncated')
+    lines = []
+    for i in range(120):
+        lines += [stray, quoted_ua(f"agent {i}\nmore {i}", ts=MAR1 + i), line(ts=MAR1 + 1000 + i)]
+    path = write_log(tmp_path, lines)
+    for chunk_bytes in (1, 50, 300, 1000, 4096):
+        staged = stage_log(
+            inspect_log(path), DATASET_WINDOW, tmp_path / str(chunk_bytes), max_line_bytes=300, chunk_bytes=chunk_bytes
+        )
+        kept = pl.concat([staged.day_events(day).collect() for day in DATASET_WINDOW.days()])
+        rejects = staged.rejects().collect()
+        assert kept.height == 240 and set(rejects["reason"]) == {"malformed_line"}, chunk_bytes
+        assert rejects["line_number"].to_list() == [2 + 4 * i for i in range(120)], chunk_bytes
+        assert staged.continuation_lines == 120
