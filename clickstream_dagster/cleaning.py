@@ -4,8 +4,11 @@ Pure Polars and NumPy; nothing here imports Dagster. The Dagster assets in
 ``clickstream_dagster.assets.prepare`` are thin wiring around these functions.
 
 A log line is a physical line of bytes, whatever those bytes are: lines end at ``\\n``,
-``\\r\\n`` or a lone ``\\r``. Every line is kept or rejected with a reason and its raw
-bytes (byte-exact, stored as Binary, line ending excluded), so kept + rejected = lines.
+``\\r\\n`` or a lone ``\\r``. A record is a line, or, in a comma-separated log, the few
+lines a quoted field holding a line break spans (RFC 4180), when together they are well
+formed. Every record is kept or rejected with a reason and its raw bytes (byte-exact, stored
+as Binary, its last line ending excluded) under the number of its first line, so
+kept + rejected + continuation lines = lines.
 
 Why not hand the file straight to Polars' CSV reader: it pads short lines, lets one
 stray quote swallow the lines after it, fails the whole file on one undecodable byte
@@ -79,6 +82,7 @@ _THREADS = 2
 _MEMORY_BUDGET_BYTES = 384 << 20
 _EXCERPT_CHARS = 60
 _LF, _CR, _QUOTE = 10, 13, 34
+_BOUNDARY_CHAIN = 8  # records in a row a block cut is moved back over, at most
 
 
 class RejectReason(StrEnum):
@@ -318,10 +322,11 @@ def _split_lines(buf: bytes | bytearray) -> tuple[np.ndarray, np.ndarray, np.nda
     return starts.astype(np.int64), ends.astype(np.int64), stops.astype(np.int64), lone_cr
 
 
-def _blocks(log: LogFile, chunk_bytes: int) -> Iterator[tuple[bytearray, int]]:
+def _blocks(log: LogFile, chunk_bytes: int, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[tuple[bytearray, int]]:
     """The file's data lines, about ``chunk_bytes`` of whole lines at a time, with the file
     offset of each block. Read in place (``readinto``, the partial last line carried to the
-    next block): the reading thread feeds both workers, so it copies nothing it can avoid."""
+    next block): the reading thread feeds both workers, so it copies nothing it can avoid.
+    In a quoted log a block never ends inside a record whose quoted field holds a line break."""
     offset, carry = log.data_offset, b""
     with log.path.open("rb", buffering=0) as f:
         f.seek(offset)
@@ -337,6 +342,8 @@ def _blocks(log: LogFile, chunk_bytes: int) -> Iterator[tuple[bytearray, int]]:
                 return
             # Up to the last line end; a CR in the last byte may be half of a CRLF.
             cut = max(buf.rfind(b"\n", 0, end), buf.rfind(b"\r", 0, end - 1)) + 1
+            if log.quoted and cut:
+                cut = _record_boundary(buf, cut, log, max_line_bytes)
             if cut == 0:  # one line longer than a block: read on
                 carry = bytes(buf[:end])
                 continue
@@ -350,8 +357,52 @@ def _line_of(chunk: _Chunk, positions: np.ndarray) -> np.ndarray:
     return np.searchsorted(chunk.starts, positions, side="right") - 1
 
 
-def _byte_checks(chunk: _Chunk, log: LogFile, max_line_bytes: int) -> np.ndarray:
-    """Per line, the first byte-level rule it breaks (a ``_BYTE_REASONS`` code) or 0."""
+def _odd_quote_lines(a: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Indices of the lines holding an odd number of quotes: where a quoted field may open
+    (or close) across a line break."""
+    q = np.flatnonzero(a == _QUOTE)
+    return np.flatnonzero((np.searchsorted(q, ends) - np.searchsorted(q, starts)) % 2)
+
+
+def _record_boundary(buf: bytearray, cut: int, log: LogFile, max_line_bytes: int) -> int:
+    """``cut`` (a line start), moved back so that no record of a quoted field holding a line
+    break spans it. Such a record starts with the last odd-quote line before the cut (the
+    lines between are even), at most ``max_line_bytes`` before its end: the cut goes before
+    that line, and further back while that line closes a record with the odd-quote line
+    before it (as ``_join_quoted_breaks`` would join them). 0 (read on) when that reaches the
+    block's start; after a chain of ``_BOUNDARY_CHAIN`` such records it keeps ``cut`` (a record
+    across it is then judged line by line: rejected, still accounted for)."""
+    if buf.find(b'"', max(cut - max_line_bytes - 1, 0), cut) < 0:
+        return cut  # the common case: no quote near the cut
+    lo = max(cut - 8 * max_line_bytes, 0)
+    window = np.frombuffer(buf, np.uint8, count=cut - lo, offset=lo)
+    breaks = np.flatnonzero((window == _LF) | (window == _CR))
+    if lo == 0:  # the block's first line starts at 0
+        breaks = np.concatenate(([-1], breaks))
+    starts, ends = breaks[:-1] + 1, breaks[1:]  # lines that start and end in the window
+    odd = _odd_quote_lines(window, starts, ends)[::-1].tolist()
+    starts, ends = starts + lo, ends + lo
+    if not odd or starts[odd[0]] < cut - max_line_bytes:
+        return cut  # no record from there can reach past the cut
+    closer = odd[0]  # a record it opens may close in the next block
+    for opener in odd[1:_BOUNDARY_CHAIN]:
+        joins = ends[closer] - starts[opener] <= max_line_bytes and _passes(buf, starts[opener], ends[closer], log, max_line_bytes)
+        if not joins:
+            return int(starts[closer])
+        closer = opener  # the two make a record: the cut goes before it
+    return int(starts[closer]) if len(odd) < _BOUNDARY_CHAIN else cut
+
+
+def _passes(buf: bytearray, start: int, end: int, log: LogFile, max_line_bytes: int) -> bool:
+    """Whether ``buf[start:end]`` as one record passes every byte check."""
+    record = bytearray(buf[start:end])
+    one = np.array([0]), np.array([len(record)])
+    return _byte_checks(_Chunk(record, 0, *one, one[1], np.empty(0, np.int64)), log, max_line_bytes)[0][0] == 0
+
+
+def _byte_checks(chunk: _Chunk, log: LogFile, max_line_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per line, the first byte-level rule it breaks (a ``_BYTE_REASONS`` code) or 0; and the
+    lines with an odd number of quotes in a quoted log (see ``_join_quoted_breaks``)."""
     a = np.frombuffer(chunk.buf, np.uint8)
     n_lines = len(chunk)
     code = np.zeros(n_lines, np.int8)
@@ -361,11 +412,13 @@ def _byte_checks(chunk: _Chunk, log: LogFile, max_line_bytes: int) -> np.ndarray
     seps = np.flatnonzero(a == sep)
     fields = 1 + np.searchsorted(seps, chunk.ends) - np.searchsorted(seps, chunk.starts)
     bad_quoting = np.zeros(n_lines, bool)
+    odd = np.empty(0, np.int64)
     if log.quoted and b'"' in chunk.buf:
         q = np.flatnonzero(a == _QUOTE)
         line = _line_of(chunk, q)
         first_q = np.searchsorted(q, chunk.starts)
         n_q = np.searchsorted(q, chunk.ends) - first_q
+        odd = np.flatnonzero(n_q % 2)
         k = np.arange(len(q)) - first_q[line]  # the quote's rank in its line
         opening = k % 2 == 0
         prev = a[np.maximum(q - 1, 0)]
@@ -395,7 +448,39 @@ def _byte_checks(chunk: _Chunk, log: LogFile, max_line_bytes: int) -> np.ndarray
                     chunk.raw(i).decode("utf-8")
                 except UnicodeDecodeError:
                     code[i] = 1
-    return code
+    return code, odd
+
+
+def _join_quoted_breaks(
+    chunk: _Chunk, code: np.ndarray, odd: np.ndarray, log: LogFile, max_line_bytes: int
+) -> tuple[_Chunk, np.ndarray, np.ndarray]:
+    """Records instead of lines where a quoted field holds a line break (RFC 4180): an
+    odd-quote line, the even-quote lines after it and the next odd-quote line make one record
+    when together they pass every byte check (and fit in ``max_line_bytes``); otherwise each
+    line stays a line, judged alone as before. Returns the records, their codes and the index
+    of each record's first line (its line number in the chunk)."""
+    first = np.arange(len(chunk), dtype=np.int64)
+    if len(odd) < 2:
+        return chunk, code, first
+    joined: list[tuple[int, int]] = []
+    k = 0
+    while k < len(odd) - 1:
+        i, j = int(odd[k]), int(odd[k + 1])
+        start, end = int(chunk.starts[i]), int(chunk.ends[j])
+        if end - start <= max_line_bytes and _passes(chunk.buf, start, end, log, max_line_bytes):
+            joined.append((i, j))
+            k += 2
+            continue
+        k += 1  # line i stays alone; j may open a record of its own
+    if not joined:
+        return chunk, code, first
+    keep = np.ones(len(chunk), bool)
+    ends, stops, code = chunk.ends.copy(), chunk.stops.copy(), code.copy()
+    for i, j in joined:
+        keep[i + 1 : j + 1] = False
+        ends[i], stops[i], code[i] = chunk.ends[j], chunk.stops[j], 0
+    records = _Chunk(chunk.buf, chunk.offset, chunk.starts[keep], ends[keep], stops[keep], chunk.lone_cr)
+    return records, code[keep], first[keep]
 
 
 def _read_fields(chunk: _Chunk, log: LogFile, passing: np.ndarray) -> pl.DataFrame:
@@ -526,6 +611,10 @@ class StagedLog:
     window: DayWindow
     directory: Path
     lines: int  # physical data lines (the header excluded)
+    # Lines inside records after their first: line breaks in quoted fields. Each record (kept
+    # row or reject) counts once, so lines = kept + rejected + continuation_lines.
+    continuation_lines: int
+    version: str  # ``log_version`` of the file when the scan started
     _buckets: _Buckets
     _version: tuple[int, int]
     _events: dict[str, pl.LazyFrame] = field(default_factory=dict)
@@ -589,7 +678,8 @@ class StagedLog:
 
 @dataclass
 class _Classified:
-    lines: int
+    lines: int  # physical lines
+    records: int  # fewer when a quoted field holds a line break
     kept: dict[str, pl.DataFrame]  # by day; line numbers counted from the chunk's first line
     rejected: pl.DataFrame
 
@@ -605,9 +695,13 @@ def _collect(classified: _Classified, buckets: _Buckets, first_line: int) -> Non
 def _classify_block(buf: bytearray, offset: int, log: LogFile, window: DayWindow, max_line_bytes: int) -> _Classified:
     """Every line of one block: kept rows by day, or rejected with its reason and raw bytes."""
     chunk = _Chunk(buf, offset, *_split_lines(buf))
+    lines = len(chunk)
     days = window.days()
-    code = _byte_checks(chunk, log, max_line_bytes)
-    line_numbers = np.arange(len(chunk), dtype=np.int64)
+    code, odd = _byte_checks(chunk, log, max_line_bytes)
+    if len(odd) > 1:
+        chunk, code, line_numbers = _join_quoted_breaks(chunk, code, odd, log, max_line_bytes)
+    else:
+        line_numbers = np.arange(lines, dtype=np.int64)
     passing = code == 0
     rejected_idx: list[np.ndarray] = []
     rejected_reason: list[pl.Series] = []
@@ -654,7 +748,7 @@ def _classify_block(buf: bytearray, offset: int, log: LogFile, window: DayWindow
             },
             schema=_REJECTED_SCHEMA,
         )
-    return _Classified(len(chunk), kept_by_day, rejected)
+    return _Classified(lines, len(chunk), kept_by_day, rejected)
 
 
 def stage_log(
@@ -675,18 +769,20 @@ def stage_log(
         raise ValueError(f"max_line_bytes must be positive, got {max_line_bytes}")
     directory = Path(directory)
     stat = log.path.stat()
+    version = log_version(log)
     buckets = _Buckets(directory, memory_budget_bytes)
-    lines = 0
+    lines = records = 0
 
     def collect(classified: _Classified) -> None:
-        nonlocal lines
+        nonlocal lines, records
         _collect(classified, buckets, first_line=lines + 2)  # the header is line 1
         lines += classified.lines
+        records += classified.records
 
     # NumPy and Polars release the GIL: while one block is checked, another is parsed.
     with ThreadPoolExecutor(max_workers=_THREADS) as pool:
         pending: deque[Future] = deque()
-        for buf, offset in _blocks(log, chunk_bytes):
+        for buf, offset in _blocks(log, chunk_bytes, max_line_bytes):
             pending.append(pool.submit(_classify_block, buf, offset, log, window, max_line_bytes))
             while len(pending) > _THREADS:
                 collect(pending.popleft().result())
@@ -697,6 +793,8 @@ def stage_log(
         window=window,
         directory=directory,
         lines=lines,
+        continuation_lines=lines - records,
+        version=version,
         _buckets=buckets,
         _version=(stat.st_size, stat.st_mtime_ns),
     )
@@ -712,6 +810,20 @@ def log_version(log: LogFile, *settings: object) -> str:
         f.seek(max(stat.st_size - (1 << 16), 0))
         digest.update(f.read(1 << 16))
     return digest.hexdigest()[:32]
+
+
+def file_version(path: Path, previous: dict | None = None) -> dict:
+    """Size, mtime and sha256 of the file; the hash is only recomputed when size or mtime move.
+    The sha256 is the log's data version in Dagster (observations of ``clickstream_csv``)."""
+    stat = path.stat()
+    version = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if previous and all(previous.get(k) == version[k] for k in version):
+        return previous
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return version | {"sha256": digest.hexdigest()}
 
 
 @dataclass(frozen=True)

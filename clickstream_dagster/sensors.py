@@ -1,7 +1,6 @@
 """Sensors: prepare again when the clickstream log changes; keep the live replay feed going;
 fail the replay runs whose process is gone."""
 
-import hashlib
 import json
 import os
 import time
@@ -31,8 +30,11 @@ from dagster._core.definitions.data_version import DATA_VERSION_TAG, get_input_d
 # one its run launcher puts on the runs it launched (a command-line run has none).
 from dagster._core.storage.tags import GRPC_INFO_TAG, WILL_RETRY_TAG
 
+from clickstream_dagster.assets.prepare import log_metadata
+from clickstream_dagster.assets.prepare import log_metadata
 from clickstream_dagster.assets.replay import DAY_TAG, DEFAULT_TOPIC, PACING_TAG, TOPIC_TAG, ReplayConfig
 from clickstream_dagster.checkpoints import abandoned_reason
+from clickstream_dagster.cleaning import file_version
 from clickstream_dagster.feed import (
     FAILED,
     FINISHED,
@@ -52,25 +54,12 @@ CLICKSTREAM_CSV_KEY = "clickstream_csv"
 PREPARED_ASSETS = ("clickstream_events", "clickstream_rejects")
 
 
-def file_version(path: Path, previous: dict | None) -> dict:
-    """Size, mtime and sha256 of the file; the hash is only recomputed when size or mtime move."""
-    stat = path.stat()
-    version = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    if previous and all(previous.get(k) == version[k] for k in version):
-        return previous
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return version | {"sha256": digest.hexdigest()}
-
-
 def log_observation(version: dict) -> AssetObservation:
     """The log as seen now, its sha256 as data version: a prepare run that starts after this
     records it as the input version it read (``dagster/input_data_version/clickstream_csv``)."""
     return AssetObservation(
         asset_key=CLICKSTREAM_CSV_KEY,
-        metadata={"sha256": version["sha256"], "size_bytes": version["size"], "path": version["path"]},
+        metadata=log_metadata(version),
         tags={DATA_VERSION_TAG: version["sha256"]},
     )
 

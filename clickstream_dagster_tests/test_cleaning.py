@@ -368,12 +368,17 @@ def test_property_any_bytes_every_line_accounted_for_and_raw_lines_round_trip(
         endings[-1] = b""
     tmp_path = tmp_path_factory.mktemp("prop")
     path = write_bytes_log(tmp_path, b"".join(x + e for x, e in zip(lines, endings, strict=True)))
-    kept, rejects = prepare(path, tmp_path, max_line_bytes=_MAX_LINE, chunk_bytes=chunk_bytes)
-    assert kept.height + rejects.height == len(lines) == count_data_lines(path)
+    staged = stage_log(inspect_log(path), DATASET_WINDOW, tmp_path / "staging", max_line_bytes=_MAX_LINE, chunk_bytes=chunk_bytes)
+    kept = pl.concat([staged.day_events(day).collect() for day in DATASET_WINDOW.days()])
+    rejects = staged.rejects().collect()
+    # (A record may span lines when a quoted field holds a line break: continuation lines.)
+    assert kept.height + rejects.height + staged.continuation_lines == len(lines) == count_data_lines(path)
     assert rejects["line_number"].is_unique().all()
     assert rejects.schema["raw_line"] == pl.Binary
     for number, raw in zip(rejects["line_number"], rejects["raw_line"], strict=True):
-        assert raw == lines[number - 2], number  # byte-exact, whatever the bytes
+        assert raw.startswith(lines[number - 2]), number  # byte-exact, whatever the bytes
+        if not staged.continuation_lines:
+            assert raw == lines[number - 2], number
     assert kept["userId"].str.contains(r"^[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}$").all()
     assert kept["original_timestamp"].is_between(MAR1, MAR16, closed="left").all()
     assert kept.unique().height == kept.height
@@ -388,3 +393,66 @@ def test_a_log_spilled_to_disk_prepares_the_same_as_in_memory(tmp_path):
     spilled = prepare(path, tmp_path / "b", chunk_bytes=4096, memory_budget_bytes=1)
     assert any((tmp_path / "b" / "staging").glob("*.parquet")), "nothing was spilled"
     assert in_memory[0].equals(spilled[0]) and in_memory[1].equals(spilled[1])
+
+
+# A quoted field may hold a line break (RFC 4180): one record, kept if valid, under the
+# number of its first line; the lines after it keep their own numbers.
+def quoted_ua(ua: str, **fields) -> str:
+    """A line whose user agent is a quoted field (the csv module leaves "\n" unquoted)."""
+    return line(ua="@UA@", **fields).replace("@UA@", '"' + ua.replace('"', '""') + '"')
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n"])
+@pytest.mark.parametrize("chunk_bytes", [1, 64, 1 << 20])
+def test_a_quoted_field_holding_a_line_break_is_one_row(tmp_path, ending, chunk_bytes):
+    multi = quoted_ua(f'Mozilla/5.0{ending}("second" line){ending}third', ts=MAR1 + 1)
+    bad_multi = quoted_ua(f"a{ending}b", ts=MAR1 + 2, uid="nobody")
+    lines = [line(), multi, line(ts=MAR1 + 3), bad_multi, "1,x,1.2.3.4,u", line(ts=MAR1 + 4)]
+    path = tmp_path / "log.csv"
+    path.write_bytes((",".join(HEADER) + ending + "".join(x + ending for x in lines)).encode())
+    staged = stage_log(inspect_log(path), DATASET_WINDOW, tmp_path / "s", chunk_bytes=chunk_bytes)
+    kept = pl.concat([staged.day_events(day).collect() for day in DATASET_WINDOW.days()])
+    rejects = staged.rejects().collect()
+    assert kept["original_timestamp"].to_list() == [MAR1, MAR1 + 1, MAR1 + 3, MAR1 + 4]
+    assert kept["userAgent"][1] == f'Mozilla/5.0{ending}("second" line){ending}third'
+    # Lines: 2 line(), 3-5 multi, 6 line(), 7-8 bad_multi, 9 malformed, 10 line().
+    assert reasons(rejects) == {7: "invalid_user_id", 9: "malformed_line"}
+    assert rejects["raw_line"][0] == bad_multi.encode()
+    assert staged.lines == count_data_lines(path) == 9
+    assert staged.continuation_lines == 3
+    assert kept.height + rejects.height + staged.continuation_lines == staged.lines
+
+
+def test_quotes_that_do_not_make_a_well_formed_record_stay_separate_lines(tmp_path):
+    opened = line().replace('"', "") + ',"never closed'
+    stray = line(ts=MAR1 + 2).replace('"', "") + ',x"y'  # odd quotes, a closing one out of place
+    lines = [opened, line(ts=MAR1 + 1), stray, line(ts=MAR1 + 3).replace(",UA", ',closes" here')]
+    kept, rejects = prepare(write_log(tmp_path, lines), tmp_path)
+    assert kept["original_timestamp"].to_list() == [MAR1 + 1]
+    assert reasons(rejects) == {2: "malformed_line", 4: "malformed_line", 5: "malformed_line"}
+
+
+def test_a_block_never_ends_inside_a_multi_line_record(tmp_path):
+    multi = [quoted_ua(f"agent {i}\nmore {i}", ts=MAR1 + i) for i in range(200)]
+    path = write_log(tmp_path, multi)
+    for chunk_bytes in (1, 7, 100, 333, 4096):
+        kept, rejects = prepare(path, tmp_path / str(chunk_bytes), chunk_bytes=chunk_bytes)
+        assert rejects.height == 0 and kept.height == 200, chunk_bytes
+
+
+def test_a_block_cut_keeps_a_multi_line_record_whole_among_stray_quotes(tmp_path):
+    # Odd-quote lines that join nothing (truncated inside a quoted field) near every cut.
+    stray = line(ts=MAR1, ua="x").replace(",x", ',"truncated')
+    lines = []
+    for i in range(120):
+        lines += [stray, quoted_ua(f"agent {i}\nmore {i}", ts=MAR1 + i), line(ts=MAR1 + 1000 + i)]
+    path = write_log(tmp_path, lines)
+    for chunk_bytes in (1, 50, 300, 1000, 4096):
+        staged = stage_log(
+            inspect_log(path), DATASET_WINDOW, tmp_path / str(chunk_bytes), max_line_bytes=300, chunk_bytes=chunk_bytes
+        )
+        kept = pl.concat([staged.day_events(day).collect() for day in DATASET_WINDOW.days()])
+        rejects = staged.rejects().collect()
+        assert kept.height == 240 and set(rejects["reason"]) == {"malformed_line"}, chunk_bytes
+        assert rejects["line_number"].to_list() == [2 + 4 * i for i in range(120)], chunk_bytes
+        assert staged.continuation_lines == 120

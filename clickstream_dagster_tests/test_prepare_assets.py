@@ -1,14 +1,15 @@
 """The prepare assets on a real temporary Dagster instance: Parquet contents, metadata, checks."""
 
 import logging
+import os
 from pathlib import Path
 
 import polars as pl
 import pytest
-from dagster import AssetCheckKey, AssetKey, DagsterInstance, build_output_context, build_resources, materialize
+from dagster import AssetCheckKey, AssetKey, AssetSelection, DagsterInstance, build_output_context, build_resources, materialize
 
 from clickstream_dagster.assets import prepare
-from clickstream_dagster.cleaning import PUBLISHED_COLUMNS
+from clickstream_dagster.cleaning import PUBLISHED_COLUMNS, inspect_log, log_version
 from clickstream_dagster.generator import write_log
 from clickstream_dagster.resources.log_file import ClickstreamLogFile
 from clickstream_dagster.resources.parquet import DailyParquetIOManager
@@ -68,6 +69,10 @@ def test_all_days_in_one_run_account_for_every_line(log, tmp_path, dagster_insta
     kept = sum(pl.read_parquet(f).height for f in (tmp_path / "clickstream_events").glob("*.parquet"))
     rejects = pl.read_parquet(tmp_path / "clickstream_rejects.parquet")
     assert kept == summary.kept_rows_expected
+    # Every file carries the version of the log it was read from, and the materializations show it.
+    versions = {pl.read_parquet_metadata(f).get("log_version") for f in tmp_path.rglob("*.parquet")}
+    assert versions == {log_version(inspect_log(path))}
+    assert {m.metadata["log_version"].value for m in mats} == versions
     assert kept + rejects.height == summary.rows
     by_reason = dict(rejects.group_by("reason").len().iter_rows())
     assert by_reason == {k: v for k, v in summary.reject_reasons.items() if v}
@@ -98,6 +103,31 @@ def test_accounting_check_fails_when_days_are_missing(log, tmp_path, dagster_ins
     [evaluation] = result.get_asset_check_evaluations()
     assert not evaluation.passed
     assert evaluation.metadata["days_not_prepared"].value.startswith("2012-03-02")
+
+
+def test_accounting_check_fails_naming_files_read_from_different_versions_of_the_log(tmp_path, dagster_instance):
+    log_path = tmp_path / "clickstream.csv"
+    write_log(log_path, rows=400, seed=21)
+    storage = tmp_path / "storage"
+    assert materialize(PREPARE[:2], resources=resources(log_path, storage), instance=dagster_instance, tags=ALL_DAYS).success
+    write_log(log_path, rows=500, seed=22)  # the log changes; one day is prepared again
+    assert materialize(PREPARE[:1], resources=resources(log_path, storage), instance=dagster_instance, partition_key="2012-03-02").success
+    result = materialize(
+        PREPARE[:3], selection=AssetSelection.checks(prepare.every_line_accounted_for), resources=resources(log_path, storage),
+        instance=dagster_instance,
+    )  # fmt: skip
+    [evaluation] = result.get_asset_check_evaluations()
+    assert not evaluation.passed
+    new, old = log_version(inspect_log(log_path)), pl.read_parquet_metadata(storage / "clickstream_rejects.parquet")["log_version"]
+    assert new != old
+    assert evaluation.description.startswith(
+        f"files read from 2 different versions of the log (version {old}: clickstream_events/2012-03-01.parquet, "
+        "clickstream_events/2012-03-03.parquet, "
+    )
+    assert evaluation.description.endswith(
+        f"clickstream_events/2012-03-15.parquet, clickstream_rejects.parquet; "
+        f"version {new}: clickstream_events/2012-03-02.parquet): prepare every day again"
+    )
 
 
 def test_a_missing_log_fails_once_naming_the_file(tmp_path, dagster_instance: DagsterInstance):
@@ -152,3 +182,75 @@ def test_a_failed_write_leaves_the_previous_day_file_and_no_temporary(log, tmp_p
             built.io.handle_output(context, {"2012-03-03": failing})
     assert pl.read_parquet(day_file).equals(before)
     assert sorted(p.name for p in day_file.parent.iterdir()) == ["2012-03-03.parquet"]
+
+
+def test_replaying_a_day_not_prepared_fails_once_naming_the_day_storage_and_command(log, tmp_path, dagster_instance):
+    from clickstream_dagster.assets import replay
+    from clickstream_dagster.resources.kafka import KafkaResource
+
+    path, _ = log
+    result = materialize(
+        [prepare.clickstream_events, replay.click_data],
+        selection=[replay.click_data],
+        resources={**resources(path, tmp_path), "kafka": KafkaResource(bootstrap_servers="127.0.0.1:1")},
+        instance=dagster_instance,
+        partition_key="2012-03-05",
+        raise_on_error=False,
+    )
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.event_specific_data.error.message
+    assert "clickstream_events for 2012-03-05 is not prepared" in message
+    assert str(tmp_path) in message
+    assert "dagster asset materialize -m clickstream_dagster.definitions --select clickstream_events" in message
+    assert "--partition-range 2012-03-05...2012-03-05" in message
+    # Not retried: the day will not appear by itself.
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+
+
+def test_a_prepare_removes_what_killed_prepares_left_and_nothing_of_live_ones(log, tmp_path, dagster_instance):
+    import socket
+    import subprocess
+    import tempfile
+
+    child = subprocess.Popen(["true"])
+    child.wait()  # a writer that is gone, as after a kill -9
+    host, dead = socket.gethostname(), child.pid
+    events_dir = tmp_path / "clickstream_events"
+    events_dir.mkdir()
+    left = [
+        events_dir / f".2012-03-09.parquet.{dead}.1a2b3c4d.tmp",  # a day this run does not write
+        events_dir / f".writing.{dead}@{host}.5e6f7a8b.tmp",
+        tmp_path / f".clickstream_rejects.parquet.{dead}@{host}.9c0d1e2f.tmp",
+        Path(tempfile.gettempdir()) / f"clickstream-staging.{dead}@{host}.x1y2z3w4.tmp",
+    ]
+    for path in left:
+        path.write_bytes(b"half written") if path.name.startswith(".2012") else path.mkdir()
+    live = events_dir / f".writing.{os.getpid()}@{host}.0a0b0c0d.tmp"
+    live.mkdir()
+    path, _ = log
+    result = materialize(PREPARE[:2], resources=resources(path, tmp_path), instance=dagster_instance, partition_key="2012-03-02")
+    assert result.success
+    assert [p for p in left if p.exists()] == []
+    assert live.exists()
+    assert sorted(p.name for p in events_dir.iterdir()) == sorted(["2012-03-02.parquet", live.name])
+
+
+def test_a_quoted_line_break_is_one_kept_row_and_every_line_is_still_accounted_for(tmp_path, dagster_instance):
+    log_path = tmp_path / "clickstream.csv"
+    summary = write_log(log_path, rows=300, seed=8)
+    first = log_path.read_bytes().splitlines()[1]  # a kept row; its user agent is quoted
+    timestamp, rest = first.split(b",", 1)
+    multi = str(int(timestamp) + 1).encode() + b"," + rest.rsplit(b',"', 1)[0] + b',"Agent\nwith a second line"\n'
+    log_path.write_bytes(log_path.read_bytes() + multi)
+    storage = tmp_path / "storage"
+    result = materialize(PREPARE[:3], resources=resources(log_path, storage), instance=dagster_instance, tags=ALL_DAYS)
+    assert result.success
+    [evaluation] = result.get_asset_check_evaluations()
+    assert evaluation.passed, evaluation.metadata
+    assert evaluation.metadata["continuation_lines"].value == 1
+    kept = pl.concat([pl.read_parquet(f) for f in (storage / "clickstream_events").glob("*.parquet")])
+    assert kept.height == summary.kept_rows_expected + 1
+    assert kept.filter(pl.col("userAgent") == "Agent\nwith a second line").height == 1
+    [mat] = result.asset_materializations_for_node("clickstream_rejects")
+    assert mat.metadata["kept_lines"].value == kept.height

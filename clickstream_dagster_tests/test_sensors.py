@@ -144,3 +144,61 @@ def test_one_day_missing_means_not_prepared(generated_log, tmp_path, dagster_ins
     assert dagster_instance.get_latest_materialization_event(AssetKey("clickstream_events")) is not None
     assert prepared_log_version(dagster_instance) is None
     assert evaluate(dagster_instance, generated_log).run_requests
+
+
+def stale_status(instance, key: str, partition: str | None = None):
+    """What the UI's badge shows (``assetNodes { staleStatus }``), from the same resolver."""
+    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver
+    from dagster._time import get_current_datetime
+
+    from clickstream_dagster.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    view = AssetGraphView(
+        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+        instance=instance,
+        asset_graph=graph,
+    )
+    resolver = CachingStaleStatusResolver(instance, graph, view)
+    return resolver.get_status(AssetKey(key), partition), resolver.get_stale_causes(AssetKey(key), partition)
+
+
+def test_unsynced_only_after_the_log_really_changed(tmp_path, dagster_instance):
+    from dagster._core.definitions.data_version import StaleStatus
+
+    log = tmp_path / "clickstream.csv"
+    write_log(log, rows=300, seed=9)
+    first = evaluate(dagster_instance, log)  # the sensor: observes the log, asks for a prepare
+    for event in first.asset_events:
+        dagster_instance.report_runless_asset_event(event)
+    prepare_all_days(dagster_instance, log, tmp_path / "storage")
+    for key, day in (("clickstream_rejects", None), ("clickstream_events", "2012-03-02")):
+        assert stale_status(dagster_instance, key, day) == (StaleStatus.FRESH, [])
+
+    # Touched, same content: the sensor records nothing new, nothing is out of date.
+    os.utime(log, ns=(1, 1))
+    assert not evaluate(dagster_instance, log, first.cursor).asset_events
+    assert stale_status(dagster_instance, "clickstream_rejects")[0] == StaleStatus.FRESH
+
+    log.write_bytes(log.read_bytes() + b"1331000000,junk\n")
+    changed = evaluate(dagster_instance, log, first.cursor)
+    for event in changed.asset_events:
+        dagster_instance.report_runless_asset_event(event)
+    for key, day in (("clickstream_rejects", None), ("clickstream_events", "2012-03-02")):
+        status, causes = stale_status(dagster_instance, key, day)
+        assert status == StaleStatus.STALE
+        assert [c.dependency.asset_key.to_user_string() for c in causes] == ["clickstream_csv"]
+
+
+def test_observing_the_log_in_the_ui_records_its_sha256(generated_log, dagster_instance):
+    # What the UI's "Observe sources" runs (dagster.observe is not exported in 1.13).
+    from dagster._core.definitions.observe import observe
+
+    result = observe(
+        [prepare.clickstream_csv],
+        resources={"clickstream_log": ClickstreamLogFile(path=str(generated_log))},
+        instance=dagster_instance,
+    )
+    [observation] = result.asset_observations_for_node("clickstream_csv")
+    assert observation.data_version == file_version(generated_log)["sha256"]

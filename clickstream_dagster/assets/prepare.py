@@ -20,25 +20,31 @@ from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
     AssetIn,
-    AssetSpec,
     BackfillPolicy,
+    DataVersion,
     MetadataValue,
+    ObserveResult,
     Output,
-    asset,
+    ResourceParam,
     asset_check,
 )
 
+from clickstream_dagster.assets.beta_features import observable_source, partitioned_asset_check, single_run_asset
 from clickstream_dagster.assets.metadata import counts_table, epoch_text, numeric, preview
 from clickstream_dagster.cleaning import (
     PUBLISHED_COLUMNS,
     LogFile,
+    StagedLog,
     count_by_reason,
     count_data_lines,
+    file_version,
     log_version,
     summarize_days,
 )
+from clickstream_dagster.leftovers import owner_tag, remove_abandoned, temporary_name
 from clickstream_dagster.partitions import DATASET_WINDOW, clickstream_days
 from clickstream_dagster.resources.log_file import ClickstreamLogFile
+from clickstream_dagster.resources.parquet import CONTINUATION_LINES, LOG_VERSION, DailyParquetIOManager
 
 PREPARE_GROUP = "prepare"
 
@@ -46,13 +52,26 @@ PREPARE_GROUP = "prepare"
 SHARED_REJECTS_DIR = Path(tempfile.gettempdir()) / "clickstream-prepare"
 _LINES_KEY = "clickstream/data_lines"
 
-# The log file itself: not computed here, observed by the clickstream_log_changed sensor.
-clickstream_csv = AssetSpec(
-    "clickstream_csv",
+# Observable, so that Dagster takes its observations (the sensor's, or "Observe" in the UI) as
+# its data version: the prepared assets record the sha256 they read, and show "Unsynced" only
+# when a later observation has another. (Staleness ignores the observations of a plain
+# AssetSpec and takes its version as INITIAL: every prepare looked out of date at once.)
+@observable_source(
+    name="clickstream_csv",
     group_name=PREPARE_GROUP,
-    kinds={"csv"},
-    description="The recorded page-view log (CLICKSTREAM_CSV), comma- or tab-separated.",
+    tags={"dagster/kind/csv": ""},
+    required_resource_keys={"clickstream_log"},
+    description="The recorded page-view log (CLICKSTREAM_CSV), comma- or tab-separated; its data "
+    "version is its sha256, observed by the clickstream_log_changed sensor.",
 )
+def clickstream_csv(context) -> ObserveResult:
+    version = file_version(Path(context.resources.clickstream_log.path))
+    return ObserveResult(data_version=DataVersion(version["sha256"]), metadata=log_metadata(version))
+
+
+def log_metadata(version: dict) -> dict:
+    """What an observation of the log shows, from ``cleaning.file_version``."""
+    return {"sha256": version["sha256"], "size_bytes": version["size"], "path": version["path"]}
 
 
 def _shared_rejects(log: LogFile, clickstream_log: ClickstreamLogFile) -> Path:
@@ -60,24 +79,35 @@ def _shared_rejects(log: LogFile, clickstream_log: ClickstreamLogFile) -> Path:
     return SHARED_REJECTS_DIR / f"rejects-{key}.parquet"
 
 
-def _share_rejects(path: Path, rejects: pl.DataFrame, lines: int) -> None:
+def _share_rejects(path: Path, rejects: pl.DataFrame, staged: StagedLog) -> None:
     """Write atomically, and drop what earlier versions of the log left behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob("rejects-*.parquet"):
         if stale != path:
             stale.unlink(missing_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    rejects.write_parquet(temporary, compression="lz4", metadata={_LINES_KEY: str(lines)})
+    remove_abandoned(path.parent)
+    temporary = path.with_name(temporary_name(path.name))
+    metadata = {_LINES_KEY: str(staged.lines), LOG_VERSION: staged.version, CONTINUATION_LINES: str(staged.continuation_lines)}
+    rejects.write_parquet(temporary, compression="lz4", metadata=metadata)
     os.replace(temporary, path)
 
 
-def _log_counts(context: AssetExecutionContext, lines: int, rejects: dict[str, int]) -> None:
+def _staging_directory() -> tempfile.TemporaryDirectory:
+    """Where a scan spills, named for its process: a killed prepare's is removed by the next."""
+    remove_abandoned(tempfile.gettempdir())
+    return tempfile.TemporaryDirectory(prefix=f"clickstream-staging.{owner_tag()}.", suffix=".tmp")
+
+
+def _log_counts(context: AssetExecutionContext, lines: int, rejects: dict[str, int], continuation: int) -> None:
     rejected = sum(rejects.values())
     by_reason = ", ".join(f"{reason} {n:,}" for reason, n in sorted(rejects.items())) or "none"
-    context.log.info(f"{lines:,} lines: {lines - rejected:,} kept, {rejected:,} rejected ({by_reason})")
+    joined = f"; {continuation:,} more lines inside quoted fields of multi-line records" if continuation else ""
+    context.log.info(
+        f"{lines:,} lines: {lines - rejected - continuation:,} kept, {rejected:,} rejected ({by_reason}){joined}"
+    )
 
 
-@asset(
+@single_run_asset(
     partitions_def=clickstream_days,
     deps=[clickstream_csv],
     # One run for a range of days: the log is scanned once, not once per day.
@@ -93,7 +123,7 @@ def clickstream_events(
 ) -> Iterator[Output[dict[str, pl.LazyFrame]]]:
     log = clickstream_log.inspect()
     days = context.partition_keys
-    with tempfile.TemporaryDirectory(prefix="clickstream-staging-") as staging_dir:
+    with _staging_directory() as staging_dir:
         staged = clickstream_log.stage(DATASET_WINDOW, Path(staging_dir))
         staged.split_days(days)
         frames = {day: staged.day_events(day) for day in days}
@@ -122,14 +152,15 @@ def clickstream_events(
             context.log.info(f"{day}: {summary.rows} page views kept, {sum(rejects.values())} rejected")
         if set(days) == set(DATASET_WINDOW.days()):
             all_rejects = staged.rejects().collect()
-            _log_counts(context, staged.lines, count_by_reason(all_rejects.lazy()))
-            _share_rejects(_shared_rejects(log, clickstream_log), all_rejects, staged.lines)
+            _log_counts(context, staged.lines, count_by_reason(all_rejects.lazy()), staged.continuation_lines)
+            _share_rejects(_shared_rejects(log, clickstream_log), all_rejects, staged)
         # Yielded inside the ``with``: the IO manager writes the frames (which may read
         # the staging files lazily) before the generator resumes and the directory goes.
-        yield Output(frames)
+        # The log version goes into every day file, for the accounting check.
+        yield Output(frames, metadata={LOG_VERSION: staged.version})
 
 
-@asset(
+@single_run_asset(
     # After the events: when both run, it takes the rejects from the events' scan.
     deps=[clickstream_csv, clickstream_events],
     # Unpartitioned, but selectable with the events over a range of days in one run
@@ -145,22 +176,25 @@ def clickstream_rejects(context: AssetExecutionContext, clickstream_log: Clickst
     log = clickstream_log.inspect()
     shared = _shared_rejects(log, clickstream_log)
     try:
-        lines = int(pl.read_parquet_metadata(shared)[_LINES_KEY])
+        shared_metadata = pl.read_parquet_metadata(shared)
+        lines, version = int(shared_metadata[_LINES_KEY]), shared_metadata[LOG_VERSION]
+        continuation = int(shared_metadata[CONTINUATION_LINES])
         rejects = pl.read_parquet(shared)
         shared.unlink(missing_ok=True)
         context.log.info(f"rejects taken from this version of {log.path.name}'s scan by clickstream_events")
     except (FileNotFoundError, KeyError, OSError):
-        with tempfile.TemporaryDirectory(prefix="clickstream-staging-") as staging_dir:
+        with _staging_directory() as staging_dir:
             staged = clickstream_log.stage(DATASET_WINDOW, Path(staging_dir))
-            rejects, lines = staged.rejects().collect(), staged.lines
+            rejects, lines, version = staged.rejects().collect(), staged.lines, staged.version
+            continuation = staged.continuation_lines
     by_reason = count_by_reason(rejects.lazy())
-    _log_counts(context, lines, by_reason)
+    _log_counts(context, lines, by_reason, continuation)
     context.add_output_metadata(
         {
             **numeric(
                 {
                     "data_lines": lines,
-                    "kept_lines": lines - rejects.height,
+                    "kept_lines": lines - rejects.height - continuation,
                     "rejected_lines": rejects.height,
                     **{f"rejected_{k}": v for k, v in by_reason.items()},
                 }
@@ -170,6 +204,9 @@ def clickstream_rejects(context: AssetExecutionContext, clickstream_log: Clickst
                 rejects.head(10).with_columns(pl.col("raw_line").map_elements(_printable, return_dtype=pl.String))
             ),
             "source": MetadataValue.path(str(log.path)),
+            # Also written into the file, for the accounting check.
+            LOG_VERSION: version,
+            CONTINUATION_LINES: MetadataValue.int(continuation),
         }
     )
     return rejects
@@ -188,6 +225,7 @@ def _printable(raw: bytes) -> str:
 )
 def every_line_accounted_for(
     clickstream_log: ClickstreamLogFile,
+    parquet_io_manager: ResourceParam[DailyParquetIOManager],
     clickstream_rejects: pl.DataFrame,
     events: dict[str, pl.LazyFrame],
 ) -> AssetCheckResult:
@@ -195,15 +233,40 @@ def every_line_accounted_for(
     kept = sum(frame.select(pl.len()).collect().item() for frame in events.values())
     missing_days = sorted(set(clickstream_days.get_partition_keys()) - set(events))
     rejected = clickstream_rejects.height
+    # A prepare killed half-way, or days prepared one by one from a changing log, leave files
+    # read from different versions of it: their counts cannot be compared with each other.
+    files = parquet_io_manager.file_metadata("clickstream_events", sorted(events))
+    files |= parquet_io_manager.file_metadata("clickstream_rejects")
+    versions = {name: written.get(LOG_VERSION) for name, written in files.items()}
+    mixed = mixed_versions(versions)
+    # Lines after the first of multi-line records (quoted fields holding a line break).
+    continuation = int(files.get("clickstream_rejects.parquet", {}).get(CONTINUATION_LINES, 0))
+    problems = [f"{len(missing_days)} day(s) not prepared yet"] if missing_days else []
+    problems += [mixed] if mixed else []
     return AssetCheckResult(
-        passed=not missing_days and lines == kept + rejected,
+        passed=not problems and lines == kept + rejected + continuation,
         metadata={
             **numeric({"data_lines": lines, "kept_rows": kept, "rejected_lines": rejected}),
-            "unaccounted_lines": lines - kept - rejected,
+            "continuation_lines": continuation,
+            "unaccounted_lines": lines - kept - rejected - continuation,
             "days_not_prepared": ", ".join(missing_days) or "none",
+            "log_versions": ", ".join(sorted({v or "unknown" for v in versions.values()})) or "none",
         },
-        description=None if not missing_days else f"{len(missing_days)} day(s) not prepared yet",
+        description="; ".join(problems) or None,
     )
+
+
+def mixed_versions(versions: dict[str, str | None]) -> str | None:
+    """None when every file was read from one version of the log; else which files from which."""
+    by_version: dict[str, list[str]] = {}
+    for name, version in sorted(versions.items()):
+        by_version.setdefault(version or "unknown", []).append(name)
+    if len(by_version) < 2:
+        return None
+    # The biggest group first: the odd files out come last.
+    ordered = sorted(by_version.items(), key=lambda group: -len(group[1]))
+    groups = "; ".join(f"version {v}: {', '.join(files)}" for v, files in ordered)
+    return f"files read from {len(by_version)} different versions of the log ({groups}): prepare every day again"
 
 
 def _by_day(context, events) -> dict[str, pl.LazyFrame]:
@@ -238,7 +301,7 @@ def _day_bounds(day: str) -> tuple[int, int]:
 
 
 # Inputs are unannotated: one day arrives as a frame, a single-run range as a dict of them.
-@asset_check(asset=clickstream_events, partitions_def=clickstream_days)
+@partitioned_asset_check(asset=clickstream_events, partitions_def=clickstream_days)
 def no_null_user_id(context, clickstream_events) -> AssetCheckResult:
     def nulls(_day: str, frame: pl.LazyFrame) -> int:
         return frame.select(pl.col("userId").null_count()).collect().item()
@@ -246,7 +309,7 @@ def no_null_user_id(context, clickstream_events) -> AssetCheckResult:
     return _day_check(context, clickstream_events, nulls, "null_user_ids")
 
 
-@asset_check(asset=clickstream_events, partitions_def=clickstream_days)
+@partitioned_asset_check(asset=clickstream_events, partitions_def=clickstream_days)
 def timestamps_inside_day(context, clickstream_events) -> AssetCheckResult:
     def outside(day: str, frame: pl.LazyFrame) -> int:
         start, end = _day_bounds(day)
@@ -256,7 +319,7 @@ def timestamps_inside_day(context, clickstream_events) -> AssetCheckResult:
     return _day_check(context, clickstream_events, outside, "outside_day")
 
 
-@asset_check(asset=clickstream_events, partitions_def=clickstream_days)
+@partitioned_asset_check(asset=clickstream_events, partitions_def=clickstream_days)
 def no_duplicate_page_views(context, clickstream_events) -> AssetCheckResult:
     def duplicates(_day: str, frame: pl.LazyFrame) -> int:
         counts = frame.select(rows=pl.len(), distinct=pl.struct(PUBLISHED_COLUMNS).n_unique()).collect()

@@ -27,10 +27,10 @@ from dagster import (
     TableRecord,
     TableSchema,
     asset,
-    asset_check,
 )
 from pydantic import Field
 
+from clickstream_dagster.assets.beta_features import partitioned_asset_check
 from clickstream_dagster.assets.metadata import numeric
 from clickstream_dagster.encoding import encode_messages, replay_headers
 from clickstream_dagster.checkpoints import (
@@ -439,7 +439,7 @@ def _claim_topic(
             ) from error
 
 
-@asset_check(
+@partitioned_asset_check(
     asset=click_data,
     partitions_def=clickstream_days,
     blocking=False,
