@@ -1,10 +1,13 @@
 """Labelled disorder: a day's planned stream with late and duplicated page views. Pure; no Dagster.
 
-The plan is built before the send loop, as a list of messages sorted by send offset: row ``r``
-of the day is sent at its due offset, a *late* row ``late_by_s`` after it (so after later
-events), a *duplicated* row once at its due offset and again ``DUPLICATE_AFTER_S`` later, key
-and value byte for byte the same. The send loop sends that list exactly once (its checkpoints
-count planned messages), so a resume continues the same plan. Which rows are late or
+The plan is built before the send loop, as a list of messages placed on the day's own clock
+(event time, the recorded seconds): row ``r`` at its time, a *late* row ``late_by_s`` after it
+(so after the events of the next ``late_by_s``: a watermark has passed it by that much), a
+*duplicated* row once at its time and again ``DUPLICATE_AFTER_S`` later, key and value byte
+for byte the same. Pacing then turns the placements into send offsets as it does for the rows
+(at original pacing and speed 1, a late row is sent ``late_by_s`` after its due time). The
+plan does not depend on the pacing, and the send loop sends it exactly once (its checkpoints
+count planned messages): a resume, at any pacing, continues the same plan. Which rows are late or
 duplicated is drawn from ``seed`` alone: a rerun injects the same rows. Each injected message
 carries the header ``clickstream-injected: late`` or ``duplicate``; the others carry none.
 """
@@ -20,7 +23,7 @@ import numpy as np
 
 INJECTED_HEADER = "clickstream-injected"
 LATE, DUPLICATE = b"late", b"duplicate"
-# A duplicate follows its original this long after (send time): "a few seconds later".
+# A duplicate follows its original this long after (event time): "a few seconds later".
 DUPLICATE_AFTER_S = 2.0
 
 
@@ -51,10 +54,10 @@ def check_settings(late_share: float, late_by_s: float, duplicate_share: float) 
 
 @dataclass(frozen=True)
 class InjectionPlan:
-    """The planned stream: message ``i`` is row ``rows[i]`` of the day, sent at ``offsets_s[i]``."""
+    """The planned stream: message ``i`` is row ``rows[i]`` of the day, placed at ``times_s[i]``."""
 
     rows: np.ndarray  # int64, source row of each planned message
-    offsets_s: np.ndarray  # float64, non-decreasing
+    times_s: np.ndarray  # float64, non-decreasing: where on the day's clock it is sent
     labels: list[bytes | None]  # LATE, DUPLICATE or None, per planned message
     original_of: dict[int, int]  # planned index of a duplicate -> planned index of its original
     seed: int
@@ -72,7 +75,7 @@ class InjectionPlan:
 
 
 def plan_injection(
-    offsets_s: Sequence[float] | np.ndarray,
+    times_s: Sequence[float] | np.ndarray,
     *,
     late_share: float = 0.0,
     late_by_s: float = 60.0,
@@ -81,11 +84,12 @@ def plan_injection(
     duplicate_after_s: float = DUPLICATE_AFTER_S,
 ) -> InjectionPlan:
     """Choose ``round(late_share * n)`` late rows and ``round(duplicate_share * n)`` duplicated
-    ones (disjoint) of the ``n`` rows due at ``offsets_s``, and order the planned messages by
-    send offset (on a tie: the rows' own order, originals before injected copies)."""
+    ones (disjoint) of the ``n`` rows at ``times_s`` (their event times, in send order), and order
+    the planned messages by placement (on a tie: the rows' own order, originals first)."""
     if problems := check_settings(late_share, late_by_s, duplicate_share):
         raise InjectionError("; ".join(problems))
-    due = np.asarray(offsets_s, dtype=np.float64)
+    # Never before an earlier row: the rows keep their send order whatever their times.
+    due = np.maximum.accumulate(np.asarray(times_s, dtype=np.float64)) if len(times_s) else np.zeros(0)
     n = len(due)
     rng = np.random.default_rng(seed)
     chosen = rng.permutation(n)
@@ -94,11 +98,11 @@ def plan_injection(
     duplicated = np.sort(chosen[n_late : n_late + n_dup])
 
     rows = np.concatenate([np.arange(n), duplicated])
-    offsets = np.concatenate([due, due[duplicated] + duplicate_after_s])
+    times = np.concatenate([due, due[duplicated] + duplicate_after_s])
     kinds = np.concatenate([np.zeros(n, dtype=np.int8), np.full(len(duplicated), 2, dtype=np.int8)])
-    offsets[late] += late_by_s
+    times[late] += late_by_s
     kinds[late] = 1
-    order = np.lexsort((kinds, rows, offsets))  # by offset, then row, then original first
+    order = np.lexsort((kinds, rows, times))  # by time, then row, then original first
     labels_by_kind = {0: None, 1: LATE, 2: DUPLICATE}
     labels = [labels_by_kind[k] for k in kinds[order].tolist()]
     planned_rows = rows[order]
@@ -109,7 +113,7 @@ def plan_injection(
             original_of[i] = first_at[row]
         else:
             first_at[row] = i
-    return InjectionPlan(rows=planned_rows, offsets_s=offsets[order], labels=labels, original_of=original_of, seed=seed)
+    return InjectionPlan(rows=planned_rows, times_s=times[order], labels=labels, original_of=original_of, seed=seed)
 
 
 class DuplicatesAsSent:

@@ -24,7 +24,7 @@ def test_shares_are_within_one_row_of_exact_and_every_row_is_planned(late, dup):
     assert abs(plan.late - late * n) <= 1 and abs(plan.duplicates - dup * n) <= 1
     assert len(plan) == n + plan.duplicates
     assert sorted(set(plan.rows.tolist())) == list(range(n))
-    assert np.all(np.diff(plan.offsets_s) >= 0)
+    assert np.all(np.diff(plan.times_s) >= 0)
     late_rows = {r for r, label in zip(plan.rows.tolist(), plan.labels) if label == LATE}
     dup_rows = {r for r, label in zip(plan.rows.tolist(), plan.labels) if label == DUPLICATE}
     assert not late_rows & dup_rows
@@ -51,7 +51,7 @@ def test_late_rows_go_after_later_events_and_duplicates_repeat_their_original_af
             later = [r for r in range(row + 1, len(OFFSETS)) if OFFSETS[r] < due + 30.0]
             assert all(position.get((r, None), position.get((r, LATE))) < i for r in later if (r, LATE) not in position)
             overtaken += len(later)
-            assert plan.offsets_s[i] == pytest.approx(due + 30.0)
+            assert plan.times_s[i] == pytest.approx(due + 30.0)
         if label == DUPLICATE:
             original = plan.original_of[i]
             assert original < i and plan.rows[original] == row and plan.labels[original] is None

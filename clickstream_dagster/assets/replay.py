@@ -122,7 +122,9 @@ class ReplayConfig(Config):
     )
     visitor_epoch: int = Field(default=0, description="0: the recorded visitor ids; n: new ids, stable within epoch n")
     late_share: float = Field(default=0.0, description="share of page views sent late_by_s late, labelled 'late'")
-    late_by_s: float = Field(default=60.0, description="how late (send time) a late page view is sent")
+    late_by_s: float = Field(
+        default=60.0, description="a late page view is sent after the next late_by_s of the day's event time"
+    )
     duplicate_share: float = Field(
         default=0.0, description="share of page views sent twice, byte for byte, the copy labelled 'duplicate'"
     )
@@ -283,13 +285,14 @@ def click_data(
     events = as_of(events, days=shift, visitor_epoch=config.visitor_epoch)
     # The planned stream: the day's rows, plus labelled late and duplicate ones if asked.
     injection = plan_injection(
-        send_offsets(events["original_timestamp"].to_numpy(), pacing),
+        events["original_timestamp"].to_numpy(),
         late_share=config.late_share,
         late_by_s=config.late_by_s,
         duplicate_share=config.duplicate_share,
         seed=config.injection_seed if config.injection_seed is not None else default_seed(day, config.topic),
     )
-    events, offsets_s = events[injection.rows], injection.offsets_s
+    events = events[injection.rows.tolist()]
+    offsets_s = send_offsets(injection.times_s, pacing)
     settings = {
         "topic": config.topic,
         "pacing": pacing.describe(),
