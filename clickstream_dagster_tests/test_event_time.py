@@ -66,3 +66,17 @@ def test_an_epoch_maps_each_visitor_to_one_new_id_and_keeps_everything_else():
     assert moved.drop("userId").equals(events().drop("userId"))
     with pytest.raises(EventTimeError, match="visitor_epoch=-1"):
         as_of(events(), days=0, visitor_epoch=-1)
+
+
+@pytest.mark.parametrize("message_format", ["json", "quix"])
+def test_every_format_carries_the_moved_time_and_the_epochs_ids(message_format):
+    from clickstream_dagster.encoding import encode_messages
+    from clickstream_dagster.tail import decode_value
+
+    moved = as_of(events(), days=shift_days("2012-03-01", "2030-01-15"), visitor_epoch=2)
+    messages = encode_messages(moved, message_format)
+    decoded = [decode_value(messages.value(i, 1_700_000_000_000_000_000)) for i in range(len(messages))]
+    assert [d["original_timestamp"] for d in decoded] == moved["original_timestamp"].to_list()
+    assert dt.datetime.fromtimestamp(decoded[0]["original_timestamp"], dt.UTC).isoformat() == "2030-01-15T00:00:34+00:00"
+    assert [d["userId"] for d in decoded] == [visitor_id(u, 2) for u in events()["userId"]]
+    assert messages.keys == [visitor_id(u, 2).encode() for u in events()["userId"]]

@@ -157,6 +157,16 @@ def cli_replay(prepared, bootstrap: str, home: Path, day: str = DAY, client: str
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def kill_9_after(process: subprocess.Popen, bootstrap: str, topic: str, home: Path, rows: int) -> None:
+    """kill -9 of the CLI replay's process group once ``rows`` rows are committed (or it timed out)."""
+    try:
+        wait_for(lambda: (c := checkpoint_of(bootstrap, topic)) and c.next_row >= rows, 90, f"{rows} committed rows",
+                 details=lambda: replay_logs(home))
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+
 def materialize_replay(prepared, kafka: KafkaResource, day: str = DAY, instance=None, **config):
     """The replay and its read-back check, as the replay_clickstream job runs them."""
     return materialize(
@@ -173,12 +183,7 @@ def materialize_replay(prepared, kafka: KafkaResource, day: str = DAY, instance=
 def test_kill_9_of_the_process_group_then_resume_delivers_every_row_exactly_once(prepared, kafka_bootstrap_servers, topic, tmp_path, client):
     rows = day_rows(prepared)
     first = cli_replay(prepared, kafka_bootstrap_servers, tmp_path / "home", client=client, topic=topic, pacing="fixed", interval_ms=3)
-    try:
-        wait_for(lambda: (c := checkpoint_of(kafka_bootstrap_servers, topic)) and c.next_row >= 400, 90, "400 committed rows",
-                 details=lambda: replay_logs(tmp_path / "home"))
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait(10)
+    kill_9_after(first, kafka_bootstrap_servers, topic, tmp_path / "home", rows=400)
     killed_at = checkpoint_of(kafka_bootstrap_servers, topic)
     assert killed_at.status == ReplayStatus.RUNNING and killed_at.next_row < rows.height
 
@@ -214,12 +219,7 @@ def test_a_day_as_of_another_date_with_labelled_disorder_keeps_its_plan_through_
     ]
 
     first = cli_replay(prepared, kafka_bootstrap_servers, tmp_path / "home", client=client, pacing="fixed", interval_ms=5, **config)
-    try:
-        wait_for(lambda: (c := checkpoint_of(kafka_bootstrap_servers, topic)) and c.next_row >= 200, 90, "200 committed rows",
-                 details=lambda: replay_logs(tmp_path / "home"))
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait(10)
+    kill_9_after(first, kafka_bootstrap_servers, topic, tmp_path / "home", rows=200)
     assert checkpoint_of(kafka_bootstrap_servers, topic).next_row < len(plan)
 
     result = materialize_replay(
