@@ -14,6 +14,8 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from clickstream_dagster.event_time import TODAY
+
 # Run statuses (DagsterRunStatus values) as the feed sees them.
 WAITING = frozenset({"QUEUED", "NOT_STARTED"})
 FAILED = frozenset({"FAILURE", "CANCELED"})
@@ -51,16 +53,19 @@ class FeedStep:
     visitor_epoch: int = 0  # the round of the feed: 0 the first time through the days
 
 
-def moved_on(newest: "FeedRun | None", day: str, days: Sequence[str]) -> tuple[str, int]:
+def moved_on(newest: "FeedRun | None", day: str, days: Sequence[str], now: float) -> tuple[str, int]:
     """``(event_date, visitor_epoch)`` of ``day`` asked for after the feed's last request
-    ``newest``: the day after its event date (its recorded day if it had none), and the next
-    round when the days start again. The first request plays the first day as recorded."""
+    ``newest``: the day after its event date, and the next round when the days start again.
+    The first request plays the first day as recorded."""
     if newest is None:
         return day, 0
-    try:
-        previous = dt.date.fromisoformat(newest.event_date or "")
-    except ValueError:  # none, or 'recorded' / 'today' from an earlier setting: from its own day
-        previous = dt.date.fromisoformat(newest.day) if newest.day else dt.date.fromisoformat(day) - dt.timedelta(days=1)
+    if newest.event_date == TODAY:  # from an earlier setting: the date it was played on
+        previous = dt.datetime.fromtimestamp(newest.ended_at or now, dt.UTC).date()
+    else:
+        try:
+            previous = dt.date.fromisoformat(newest.event_date or "")
+        except ValueError:  # none (a run from before the feed moved on) or 'recorded': its own day
+            previous = dt.date.fromisoformat(newest.day or day) - dt.timedelta(days=0 if newest.day else 1)
     epoch = newest.visitor_epoch or 0
     if day == days[0]:
         epoch += 1
@@ -119,7 +124,7 @@ def next_step(runs: Sequence[FeedRun], days: Sequence[str], *, queue_ahead: bool
             f"the last {failures} days failed; {day} starts in {last_end + wait_s - now:.0f} s "
             "(is the broker reachable? see the failed runs)",
         )
-    event_date, epoch = moved_on(newest, day, days)
+    event_date, epoch = moved_on(newest, day, days, now)
     as_of = f" as of {event_date}, visitor epoch {epoch}" if event_date != day or epoch else ""
     if newest is None:
         return FeedStep(day, f"the feed starts with {day}{as_of}", event_date=event_date, visitor_epoch=epoch)

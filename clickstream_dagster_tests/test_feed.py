@@ -339,3 +339,9 @@ def test_replay_feed_config_switches_the_moving_on_off(queued_instance, monkeypa
     [request] = evaluate(queued_instance).run_requests
     config = request.run_config["ops"]["click_data"]["config"]
     assert (config["event_date"], config["visitor_epoch"]) == ("2012-03-16", 0)
+
+
+def test_after_a_day_played_as_of_today_the_feed_goes_on_from_that_date():
+    runs = [FeedRun("run0001", "2012-03-04", "SUCCESS", dt.datetime(2026, 12, 2, 10, tzinfo=dt.UTC).timestamp(), event_date="today")]
+    step = next_step(runs, DAYS, queue_ahead=True, now=runs[0].ended_at + 5)
+    assert (step.day, step.event_date) == ("2012-03-05", "2026-12-03")
