@@ -2,11 +2,19 @@
 
 Pure: the feed's state is its own runs (newest first), as the run history records them, so a
 restarted daemon or a lost cursor picks up where the feed was.
+
+The feed goes forward for ever: each day it asks for is replayed as of the day after the
+event date of the one before (``event_date``), so with fifteen recorded days the 16th day
+played is 2012-03-16 in event time; and each round through the days brings new visitors
+(``visitor_epoch`` = the round). Event time never goes backwards across days or rounds.
 """
 
+import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from clickstream_dagster.event_time import TODAY
 
 # Run statuses (DagsterRunStatus values) as the feed sees them.
 WAITING = frozenset({"QUEUED", "NOT_STARTED"})
@@ -29,6 +37,9 @@ class FeedRun:
     # it replays that run's day again and does not move the feed on.
     reexecutes: str | None = None
     will_retry: bool = False  # failed, and Dagster will re-execute it
+    # As the run's config asked (None: not set, the recorded date / ids).
+    event_date: str | None = None
+    visitor_epoch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,27 @@ class FeedStep:
     day: str | None
     reason: str
     after: str | None = None
+    event_date: str | None = None  # the date the day is replayed as of (YYYY-MM-DD)
+    visitor_epoch: int = 0  # the round of the feed: 0 the first time through the days
+
+
+def moved_on(newest: "FeedRun | None", day: str, days: Sequence[str], now: float) -> tuple[str, int]:
+    """``(event_date, visitor_epoch)`` of ``day`` asked for after the feed's last request
+    ``newest``: the day after its event date, and the next round when the days start again.
+    The first request plays the first day as recorded."""
+    if newest is None:
+        return day, 0
+    if newest.event_date == TODAY:  # from an earlier setting: the date it was played on
+        previous = dt.datetime.fromtimestamp(newest.ended_at or now, dt.UTC).date()
+    else:
+        try:
+            previous = dt.date.fromisoformat(newest.event_date or "")
+        except ValueError:  # none (a run from before the feed moved on) or 'recorded': its own day
+            previous = dt.date.fromisoformat(newest.day or day) - dt.timedelta(days=0 if newest.day else 1)
+    epoch = newest.visitor_epoch or 0
+    if day == days[0]:
+        epoch += 1
+    return (previous + dt.timedelta(days=1)).isoformat(), epoch
 
 
 def day_after(day: str | None, days: Sequence[str]) -> str:
@@ -92,9 +124,17 @@ def next_step(runs: Sequence[FeedRun], days: Sequence[str], *, queue_ahead: bool
             f"the last {failures} days failed; {day} starts in {last_end + wait_s - now:.0f} s "
             "(is the broker reachable? see the failed runs)",
         )
+    event_date, epoch = moved_on(newest, day, days, now)
+    as_of = f" as of {event_date}, visitor epoch {epoch}" if event_date != day or epoch else ""
     if newest is None:
-        return FeedStep(day, f"the feed starts with {day}")
-    return FeedStep(day, f"{day} follows {newest.day} (run {newest.run_id[:8]})", after=newest.run_id)
+        return FeedStep(day, f"the feed starts with {day}{as_of}", event_date=event_date, visitor_epoch=epoch)
+    return FeedStep(
+        day,
+        f"{day}{as_of} follows {newest.day} (run {newest.run_id[:8]})",
+        after=newest.run_id,
+        event_date=event_date,
+        visitor_epoch=epoch,
+    )
 
 
 def newly_finished(runs: Sequence[FeedRun], reported: str | None) -> list[FeedRun]:

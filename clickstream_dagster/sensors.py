@@ -139,6 +139,11 @@ REPLAY_FEED_CONFIG = feed_run_config(os.environ, set(ReplayConfig.model_fields),
 FEED_HISTORY = 50
 
 
+def _replay_config(run: DagsterRun) -> dict:
+    """The click_data config a replay run was launched with."""
+    return run.run_config.get("ops", {}).get("click_data", {}).get("config", {}) if run.run_config else {}
+
+
 def topic_runs_one_at_a_time(instance: DagsterInstance, topic: str) -> bool:
     """True when the instance's run queue starts runs tagged with ``topic`` one at a time
     (``concurrency.runs.tag_concurrency_limits`` on the topic tag, limit 1)."""
@@ -162,7 +167,10 @@ def topic_runs_one_at_a_time(instance: DagsterInstance, topic: str) -> bool:
     default_status=DefaultSensorStatus.STOPPED,
     description="A live feed: replays the 15 days one after the other, for ever, each starting when the "
     "previous one ends (original timing at REPLAY_FEED_SPEED into REPLAY_FEED_TOPIC). The next day "
-    "waits in the queue behind the one playing; a failed day is reported and the feed goes on.",
+    "waits in the queue behind the one playing; a failed day is reported and the feed goes on. Event "
+    "time goes forward for ever (each day as of the day after the one before) and each round through "
+    "the days brings new visitor ids (visitor_epoch = the round), unless REPLAY_FEED_CONFIG sets "
+    "event_date or visitor_epoch.",
 )
 def replay_feed(context: SensorEvaluationContext):
     days = clickstream_days.get_partition_keys()
@@ -179,6 +187,8 @@ def replay_feed(context: SensorEvaluationContext):
             r.end_time,
             reexecutes=r.dagster_run.parent_run_id,
             will_retry=r.dagster_run.tags.get(WILL_RETRY_TAG) == "true",
+            event_date=_replay_config(r.dagster_run).get("event_date"),
+            visitor_epoch=_replay_config(r.dagster_run).get("visitor_epoch"),
         )
         for r in records
     ]
@@ -199,6 +209,9 @@ def replay_feed(context: SensorEvaluationContext):
     if step.day is None:
         return SensorResult(skip_reason=SkipReason(" ".join([*notes, step.reason])), cursor=cursor)
     context.log.info(step.reason)
+    # The day moved on in event time and the round's visitors, unless REPLAY_FEED_CONFIG fixes them.
+    moved = {"event_date": step.event_date, "visitor_epoch": step.visitor_epoch}
+    config = {name: value for name, value in moved.items() if name not in config} | config
     return SensorResult(
         run_requests=[
             RunRequest(
@@ -218,8 +231,7 @@ REPLAY_ASSET = AssetKey("click_data")
 
 
 def _replay_topic(run: DagsterRun) -> str:
-    config = run.run_config.get("ops", {}).get("click_data", {}).get("config", {}) if run.run_config else {}
-    return config.get("topic") or run.tags.get(TOPIC_TAG) or DEFAULT_TOPIC
+    return _replay_config(run).get("topic") or run.tags.get(TOPIC_TAG) or DEFAULT_TOPIC
 
 
 def _is_replay(run: DagsterRun) -> bool:

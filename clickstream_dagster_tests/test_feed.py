@@ -1,6 +1,7 @@
 """replay_feed: the days one after the other, wrapping, one queued behind the one playing;
 its state is the run history (a restarted daemon goes on), a failed day is reported and skipped."""
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from dagster import DagsterRunStatus, RunRequest, build_sensor_context, instance
 from clickstream_dagster.definitions import defs
 from clickstream_dagster.feed import (
     FeedRun,
+    FeedStep,
     backoff_s,
     day_after,
     failure_note,
@@ -19,6 +21,7 @@ from clickstream_dagster.feed import (
     next_step,
 )
 from clickstream_dagster.partitions import clickstream_days
+from clickstream_dagster import sensors
 from clickstream_dagster.sensors import REPLAY_FEED, replay_feed, topic_runs_one_at_a_time
 
 DAYS = clickstream_days.get_partition_keys()
@@ -184,8 +187,16 @@ def test_a_restarted_daemon_goes_on_after_the_last_day_played(queued_instance):
         "clickstream/pacing": "original",
         "clickstream/day": "2012-03-05",
     }
+    # Runs without an event date (from before the feed moved days on) count as played as recorded.
     assert request.run_config == {
-        "ops": {"click_data": {"config": {"topic": "click-data", "pacing": "original", "speed": 1.0}}}
+        "ops": {
+            "click_data": {
+                "config": {
+                    "topic": "click-data", "pacing": "original", "speed": 1.0,
+                    "event_date": "2012-03-05", "visitor_epoch": 0,
+                }
+            }
+        }
     }
     assert json.loads(result.cursor) == {"reported": last}
 
@@ -254,3 +265,83 @@ def test_a_retry_of_a_feed_run_on_the_instance_is_seen_as_a_reexecution(queued_i
     )
     [request] = evaluate(queued_instance).run_requests
     assert (request.partition_key, request.run_key) == ("2012-03-05", f"replay_feed:{first}:2012-03-05")
+
+
+# --------------------------------------------------------------------------- forward for ever
+
+
+def play(days, requests: int) -> list[FeedStep]:
+    """The feed's requests, each day succeeding before the next, from a fresh start."""
+    runs, steps = [], []
+    for n in range(requests):
+        step = next_step(runs, days, queue_ahead=True, now=n)
+        steps.append(step)
+        runs.insert(
+            0, FeedRun(f"run{n:04d}", step.day, "SUCCESS", n, event_date=step.event_date, visitor_epoch=step.visitor_epoch)
+        )
+    return steps
+
+
+def test_event_time_goes_forward_for_ever_and_each_round_brings_new_visitors():
+    steps = play(DAYS, 31)
+    assert [(s.day, s.event_date, s.visitor_epoch) for s in steps[:2]] == [
+        ("2012-03-01", "2012-03-01", 0), ("2012-03-02", "2012-03-02", 0),
+    ]
+    assert (steps[15].day, steps[15].event_date, steps[15].visitor_epoch) == ("2012-03-01", "2012-03-16", 1)
+    assert (steps[30].day, steps[30].event_date, steps[30].visitor_epoch) == ("2012-03-01", "2012-03-31", 2)
+    dates = [dt.date.fromisoformat(s.event_date) for s in steps]
+    assert all(b - a == dt.timedelta(days=1) for a, b in zip(dates, dates[1:]))
+    assert "2012-03-01 as of 2012-03-16, visitor epoch 1 follows 2012-03-15" in steps[15].reason
+
+
+def test_a_two_day_window_moves_on_by_two_days_a_round():
+    steps = play(["2012-03-04", "2012-03-05"], 5)
+    assert [(s.day, s.event_date, s.visitor_epoch) for s in steps] == [
+        ("2012-03-04", "2012-03-04", 0), ("2012-03-05", "2012-03-05", 0),
+        ("2012-03-04", "2012-03-06", 1), ("2012-03-05", "2012-03-07", 1),
+        ("2012-03-04", "2012-03-08", 2),
+    ]
+
+
+def test_a_reexecuted_day_keeps_event_time_going_forward():
+    runs = [
+        FeedRun("run0003", "2012-03-04", "STARTED", reexecutes="run0001", event_date="2012-03-19", visitor_epoch=1),
+        FeedRun("run0002", "2012-03-05", "SUCCESS", 20, event_date="2012-03-20", visitor_epoch=1),
+        FeedRun("run0001", "2012-03-04", "FAILURE", 10, will_retry=True, event_date="2012-03-19", visitor_epoch=1),
+    ]
+    step = next_step(runs, DAYS, queue_ahead=True, now=30)
+    assert (step.day, step.event_date, step.visitor_epoch) == ("2012-03-06", "2012-03-21", 1)
+
+
+def feed_run_with(instance, day: str, status: DagsterRunStatus, **config) -> str:
+    job = defs.resolve_job_def("replay_clickstream")
+    tags = {"dagster/partition": day, "dagster/sensor_name": REPLAY_FEED}
+    run_config = {"ops": {"click_data": {"config": config}}}
+    return instance.create_run_for_job(job, tags=tags, status=status, run_config=run_config).run_id
+
+
+def test_a_restarted_daemon_goes_on_in_event_time_and_round_from_the_runs(queued_instance):
+    feed_run_with(queued_instance, "2012-03-15", DagsterRunStatus.SUCCESS, event_date="2012-03-30", visitor_epoch=1)
+    [request] = evaluate(queued_instance).run_requests
+    config = request.run_config["ops"]["click_data"]["config"]
+    assert (request.partition_key, config["event_date"], config["visitor_epoch"]) == ("2012-03-01", "2012-03-31", 2)
+
+
+def test_replay_feed_config_switches_the_moving_on_off(queued_instance, monkeypatch):
+    monkeypatch.setattr(sensors, "REPLAY_FEED_CONFIG", sensors.REPLAY_FEED_CONFIG | {"event_date": "recorded", "visitor_epoch": 0})
+    feed_run_with(queued_instance, "2012-03-15", DagsterRunStatus.SUCCESS, event_date="recorded", visitor_epoch=0)
+    [request] = evaluate(queued_instance).run_requests
+    config = request.run_config["ops"]["click_data"]["config"]
+    assert (request.partition_key, config["event_date"], config["visitor_epoch"]) == ("2012-03-01", "recorded", 0)
+    # One of the two: the other still moves on.
+    monkeypatch.setattr(sensors, "REPLAY_FEED_CONFIG", sensors.REPLAY_FEED_CONFIG | {"visitor_epoch": 0})
+    monkeypatch.setattr(sensors, "REPLAY_FEED_CONFIG", {k: v for k, v in sensors.REPLAY_FEED_CONFIG.items() if k != "event_date"})
+    [request] = evaluate(queued_instance).run_requests
+    config = request.run_config["ops"]["click_data"]["config"]
+    assert (config["event_date"], config["visitor_epoch"]) == ("2012-03-16", 0)
+
+
+def test_after_a_day_played_as_of_today_the_feed_goes_on_from_that_date():
+    runs = [FeedRun("run0001", "2012-03-04", "SUCCESS", dt.datetime(2026, 12, 2, 10, tzinfo=dt.UTC).timestamp(), event_date="today")]
+    step = next_step(runs, DAYS, queue_ahead=True, now=runs[0].ended_at + 5)
+    assert (step.day, step.event_date) == ("2012-03-05", "2026-12-03")

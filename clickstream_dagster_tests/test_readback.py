@@ -38,3 +38,34 @@ def test_other_days_and_other_runs_are_not_this_replays_messages():
 def test_an_undecodable_message_of_the_replay_fails():
     found = verify_replay([record(0, "a", 1), record(1, "a", 2, value=b"\xff junk")], day=DAY, run_ids=["r1"], expected_rows=1)
     assert not found.passed and found.undecodable == 1
+
+
+def labelled(rec, label: bytes):
+    partition, offset, key, headers, value = rec
+    return (partition, offset, key, headers | {"clickstream-injected": label}, value)
+
+
+def test_labelled_late_and_duplicate_messages_count_as_planned():
+    # a's row 1 is sent late, after its row 2; b's row is sent twice, the copy labelled.
+    records = [
+        record(0, "a", 2), labelled(record(1, "a", 1), b"late"),
+        record(0, "b", 1, partition=1), labelled(record(1, "b", 1, partition=1), b"duplicate"),
+    ]
+    found = verify_replay(records, day=DAY, run_ids=["r1"], expected_rows=4)
+    assert found.passed, found
+    assert (found.injected_late, found.injected_duplicates, found.duplicates, found.out_of_order_keys) == (1, 1, 0, 0)
+
+
+def test_unlabelled_disorder_still_fails_beside_labelled_disorder():
+    records = [
+        record(0, "a", 2), record(1, "a", 1),  # out of order, no label
+        record(0, "b", 1, partition=1), labelled(record(1, "b", 1, partition=1), b"duplicate"),
+        record(2, "b", 1, partition=1),  # a second, unlabelled copy
+    ]
+    found = verify_replay(records, day=DAY, run_ids=["r1"], expected_rows=4)
+    assert not found.passed and found.out_of_order_keys == 1 and found.duplicates == 1
+
+
+def test_a_labelled_duplicate_of_a_row_never_sent_is_not_a_planned_copy():
+    found = verify_replay([labelled(record(0, "b", 1), b"duplicate")], day=DAY, run_ids=["r1"], expected_rows=2)
+    assert not found.passed and found.injected_duplicates == 0 and found.missing == 1

@@ -19,10 +19,14 @@ class ReadRecord(NamedTuple):
     value: bytes
     partition: int
     offset: int
+    headers: dict[str, bytes] | None = None  # when the reader was asked to print them
 
 
-def console_consumer_read(bootstrap: str, topic: str, count: int, timeout_s: float = 60.0) -> list[ReadRecord]:
-    """The first ``count`` records ``kafka-console-consumer --isolation-level read_committed`` prints."""
+def console_consumer_read(
+    bootstrap: str, topic: str, count: int, timeout_s: float = 60.0, headers: bool = False
+) -> list[ReadRecord]:
+    """The first ``count`` records ``kafka-console-consumer --isolation-level read_committed`` prints
+    (``headers``: with their headers, as it prints them: ``name:value,...`` or ``NO_HEADERS``)."""
     java = shutil.which("java")
     assert java, "java is needed to run Kafka's console consumer"
     classpath = load_local_kafka().resolve_classpath(_classpath_cache_dir(), _classpath_cache_dir())
@@ -32,12 +36,17 @@ def console_consumer_read(bootstrap: str, topic: str, count: int, timeout_s: flo
         "--timeout-ms", str(int(timeout_s * 1000)),
         *("--formatter-property", "print.key=true", "--formatter-property", "print.partition=true"),
         *("--formatter-property", "print.offset=true", "--formatter-property", "key.separator=\t"),
+        *(("--formatter-property", "print.headers=true") if headers else ()),
     ]
     done = subprocess.run(command, capture_output=True, timeout=timeout_s + 60)
     records = []
     for line in done.stdout.splitlines():
-        partition, offset, key, value = line.split(b"\t", 3)
-        records.append(ReadRecord(key, value, int(partition.removeprefix(b"Partition:")), int(offset.removeprefix(b"Offset:"))))
+        partition, offset, *printed, key, value = line.split(b"\t", 4 if headers else 3)
+        record = ReadRecord(key, value, int(partition.removeprefix(b"Partition:")), int(offset.removeprefix(b"Offset:")))
+        if headers:
+            pairs = [] if printed[0] == b"NO_HEADERS" else [h.split(b":", 1) for h in printed[0].split(b",")]
+            record = record._replace(headers={name.decode(): text for name, text in pairs})
+        records.append(record)
     # It exits 0 on its idle timeout too: the count says whether it read everything.
     assert len(records) == count, f"console consumer read {len(records)} of {count}:\n{done.stderr.decode()[-2000:]}"
     return records

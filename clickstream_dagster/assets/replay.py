@@ -4,6 +4,7 @@ Thin wiring: pacing, encoding and the send loop are the pure modules ``pacing``,
 ``encoding`` and ``replay``; the broker is the ``KafkaResource``.
 """
 
+import datetime as dt
 import math
 import os
 import random
@@ -40,6 +41,18 @@ from clickstream_dagster.checkpoints import (
     TopicBusy,
     plan_replay,
     transactional_id,
+)
+from clickstream_dagster.event_time import EventTimeError, as_of, check_epoch, shift_days
+from clickstream_dagster.injection import (
+    INJECTED_HEADER,
+    DuplicatesAsSent,
+    InjectionPlan,
+    LabelledPublisher,
+    check_settings,
+    default_seed,
+    originals_to_recover,
+    plan_injection,
+    recover_sent,
 )
 from clickstream_dagster.kafka_client import BrokerUnavailable, CheckpointsIncomplete, KafkaPublisher, NotAuthorized, TopicUnfit
 from clickstream_dagster.pacing import Pacing, PacingError, send_offsets
@@ -103,6 +116,21 @@ class ReplayConfig(Config):
         default=3600.0, description="while another replay holds the topic, wait this long, then fail naming it"
     )
     progress_interval_s: float = Field(default=60.0, description="a progress line at most this often")
+    event_date: str = Field(
+        default="recorded",
+        description="move the day's page views to this date, time of day kept: recorded, today or YYYY-MM-DD",
+    )
+    visitor_epoch: int = Field(default=0, description="0: the recorded visitor ids; n: new ids, stable within epoch n")
+    late_share: float = Field(default=0.0, description="share of page views sent late_by_s late, labelled 'late'")
+    late_by_s: float = Field(
+        default=60.0, description="a late page view is sent after the next late_by_s of the day's event time"
+    )
+    duplicate_share: float = Field(
+        default=0.0, description="share of page views sent twice, byte for byte, the copy labelled 'duplicate'"
+    )
+    injection_seed: int | None = Field(
+        default=None, description="which rows are late or duplicated (default: from the day and topic)"
+    )
 
     def to_pacing(self) -> Pacing:
         return Pacing(
@@ -115,7 +143,7 @@ class ReplayConfig(Config):
         )
 
 
-def _validated(config: ReplayConfig) -> Pacing:
+def _validated(config: ReplayConfig, day: str) -> Pacing:
     """Check values the type system cannot, before anything is sent (never retried)."""
     problems = []
     if topic_problem := topic_name_problem(config.topic):
@@ -126,6 +154,12 @@ def _validated(config: ReplayConfig) -> Pacing:
             problems.append(f"{name}={value!r}: expected a number >= 0")
     if config.limit is not None and config.limit < 0:
         problems.append(f"limit={config.limit}: expected >= 0")
+    problems += check_settings(config.late_share, config.late_by_s, config.duplicate_share)
+    try:
+        shift_days(day, config.event_date)
+        check_epoch(config.visitor_epoch)
+    except EventTimeError as error:
+        problems.append(str(error))
     try:
         pacing = config.to_pacing()
     except PacingError as error:
@@ -236,8 +270,8 @@ def click_data(
     kafka: KafkaResource,
     clickstream_events: pl.LazyFrame,
 ) -> Iterator[MaterializeResult]:
-    pacing = _validated(config)
     day = context.partition_key
+    pacing = _validated(config, day)
     context.instance.add_run_tags(
         context.run.run_id, {TOPIC_TAG: config.topic, PACING_TAG: config.pacing, DAY_TAG: day}
     )
@@ -247,14 +281,30 @@ def click_data(
     day_rows = events.height  # the day's page views, before any limit
     if config.limit is not None:
         events = events.head(config.limit)
-    offsets_s = send_offsets(events["original_timestamp"].to_numpy(), pacing)
+    shift = shift_days(day, config.event_date)
+    events = as_of(events, days=shift, visitor_epoch=config.visitor_epoch)
+    # The planned stream: the day's rows, plus labelled late and duplicate ones if asked.
+    injection = plan_injection(
+        events["original_timestamp"].to_numpy(),
+        late_share=config.late_share,
+        late_by_s=config.late_by_s,
+        duplicate_share=config.duplicate_share,
+        seed=config.injection_seed if config.injection_seed is not None else default_seed(day, config.topic),
+    )
+    events = events[injection.rows.tolist()]
+    offsets_s = send_offsets(injection.times_s, pacing)
     settings = {
         "topic": config.topic,
         "pacing": pacing.describe(),
         "delivery": config.delivery,
         "message_format": config.message_format,
         "record_timestamp": config.record_timestamp,
+        "event_date": (dt.date.fromisoformat(day) + dt.timedelta(days=shift)).isoformat(),
+        **numeric({"event_date_shift_days": shift, "visitor_epoch": config.visitor_epoch}),
+        **numeric({"late_messages": injection.late, "duplicate_messages": injection.duplicates}),
     }
+    if injection.late or injection.duplicates:
+        settings["injection_seed"] = str(injection.seed)
     if config.dry_run:
         expected = float(offsets_s[-1]) if len(offsets_s) else 0.0
         context.log.info(f"dry run: {events.height} messages would go to {config.topic!r}, {pacing.describe()}")
@@ -294,6 +344,8 @@ def click_data(
     exactly_once = config.delivery == "exactly_once"
     owner = f"{socket.gethostname()} pid {os.getpid()}"
     messages = encode_messages(events, config.message_format)
+    if injection.duplicates:
+        messages = DuplicatesAsSent(messages, injection.original_of)
     record_ts = (events["original_timestamp"] * 1000).to_list() if config.record_timestamp == "original" else None
 
     def writer_for(plan: ReplayPlan, end_offsets: Callable[[], dict[int, int]]) -> CheckpointWriter:
@@ -324,6 +376,10 @@ def click_data(
         return checkpoint
 
     publisher, plan, checkpoint = _claim_topic(context, kafka, config, replay_id, writer_for, exactly_once)
+    if injection.late or injection.duplicates:
+        publisher = LabelledPublisher(publisher, injection.labels, plan.start_row)
+    if injection.duplicates and plan.resumed is not None:
+        _recover_originals(context, kafka, config, injection, messages, plan)
     progress = ReplayProgress(total=len(messages), start_row=plan.start_row)
     if plan.resumed is not None:
         context.log.info(f"resuming at row {plan.start_row}/{len(messages)}: {plan.resumed.describe(time.time_ns() // 1_000_000)}")
@@ -390,8 +446,39 @@ def click_data(
             "messages_planned": MetadataValue.int(events.height),
             "bootstrap_servers": kafka.bootstrap_servers,
             "preview": MetadataValue.json(preview),
+            **({"duplicates_reencoded": MetadataValue.int(messages.reencoded)} if getattr(messages, "reencoded", 0) else {}),
         }
     )
+
+
+def _recover_originals(
+    context: AssetExecutionContext,
+    kafka: KafkaResource,
+    config: ReplayConfig,
+    injection: InjectionPlan,
+    messages: DuplicatesAsSent,
+    plan: ReplayPlan,
+) -> None:
+    """A resumed replay re-sends the duplicates still due byte for byte as their originals went
+    out in an earlier attempt: those bytes are read back from the topic."""
+    wanted = originals_to_recover(injection, plan.start_row)
+    if not wanted:
+        return
+    resumed = plan.resumed
+    runs = {run_id.encode() for run_id in (*resumed.run_ids, context.run.run_id)}
+    day = context.partition_key.encode()
+    records = kafka.read_back(config.topic, dict(resumed.start_offsets))
+    mine = (
+        (r.key, headers.get(INJECTED_HEADER), r.value)
+        for r in sorted(records, key=lambda r: (r.partition, r.offset))
+        if (headers := dict(r.headers or ())).get("source_day") == day and headers.get("dagster_run_id") in runs
+    )
+    messages.sent |= recover_sent(injection, messages.keys, plan.start_row, mine)
+    if missing := len(wanted - messages.sent.keys()):
+        context.log.warning(
+            f"{missing} of the {len(wanted)} originals sent before the resume were not found in "
+            f"{config.topic!r}: their duplicates are encoded again, with this attempt's send time"
+        )
 
 
 def _claim_topic(
@@ -480,6 +567,8 @@ def delivered_exactly_once(context: AssetCheckExecutionContext, kafka: KafkaReso
                     "missing": found.missing,
                     "out_of_order_visitors": found.out_of_order_keys,
                     "undecodable": found.undecodable,
+                    "injected_duplicates": found.injected_duplicates,
+                    "injected_late": found.injected_late,
                 }
             ),
             "runs": ", ".join(checkpoint.run_ids),

@@ -1,11 +1,14 @@
 """The live feed in the real webserver and daemon: switched on over GraphQL as the UI's toggle
-does, it replays the days one after the other, each a run, without overlap and without a gap.
+does, it replays the days one after the other, each a run, without overlap and without a gap,
+and goes on for ever: on a two-day window (CLICKSTREAM_DAYS), two rounds show event time going
+forward across the round boundary and new visitors in the second round.
 
 Its own ``dagster dev`` (the module's ``dagster_dev`` below overrides conftest's): the feed's
 settings are environment variables read when the code location loads. At speed 1000 with gaps
 clamped to 0.1 s and 60 messages a day, a day takes about 6 s of sending.
 """
 
+import datetime as dt
 import itertools
 import json
 import os
@@ -37,7 +40,9 @@ pytestmark = pytest.mark.e2e
 FEED = "replay_feed"
 FEED_TOPIC = f"e2e-live-feed-{uuid.uuid4().hex[:8]}"
 PER_DAY = 60
+WINDOW = DAYS[:2]
 FEED_SETTINGS = {
+    "CLICKSTREAM_DAYS": f"{WINDOW[0]}..{WINDOW[-1]}",
     "REPLAY_FEED_TOPIC": FEED_TOPIC,
     "REPLAY_FEED_SPEED": "1000",
     "REPLAY_FEED_CONFIG": json.dumps({"limit": PER_DAY, "max_delay_s": 0.1}),
@@ -48,7 +53,8 @@ MAX_LAUNCH_GAP_S = float(os.environ.get("E2E_FEED_MAX_LAUNCH_GAP_S") or 12)
 # The whole gap adds the new run worker's start (a Python process loading the code location),
 # which on a busy 2-core machine takes from a few seconds to tens of seconds.
 MAX_GAP_S = float(os.environ.get("E2E_FEED_MAX_GAP_S") or 60)
-DAYS_WATCHED = 3
+DAYS_WATCHED = 4  # two rounds of the window
+WATCHED_DAYS = [WINDOW[n % len(WINDOW)] for n in range(DAYS_WATCHED)]
 
 _SENSOR_STATE = """
 query SensorState($selector: SensorSelector!) {
@@ -130,7 +136,7 @@ def test_days_follow_each_other_without_overlap_or_gap(gql, prepared_days, kafka
     watched = runs[:DAYS_WATCHED]
 
     # Every day is a run of replay_clickstream, in order from the first day, tagged as replays are.
-    for run, day in zip(watched, DAYS, strict=False):
+    for run, day in zip(watched, WATCHED_DAYS, strict=True):
         assert run["status"] == "SUCCESS", gql.describe_run(run["runId"])
         tags = run_tags(run)
         assert tags["dagster/partition"] == day
@@ -148,14 +154,27 @@ def test_days_follow_each_other_without_overlap_or_gap(gql, prepared_days, kafka
 
     # In the topic: each day's messages, all of one day before any of the next.
     records = read_topic(kafka_bootstrap_servers, FEED_TOPIC)
-    by_day: dict[str, list] = {}
+    by_run: dict[str, list] = {}
     for record in records:
-        by_day.setdefault(dict(record.headers)["source_day"].decode(), []).append(record)
-    expected = {day: min(PER_DAY, prepared_days[day]) for day in DAYS[:DAYS_WATCHED]}
-    assert {day: len(by_day.get(day, [])) for day in expected} == expected
-    spans = {day: (min(r.timestamp for r in rs), max(r.timestamp for r in rs)) for day, rs in by_day.items()}
-    for before, after in itertools.pairwise(DAYS[:DAYS_WATCHED]):
-        assert spans[before][1] < spans[after][0], spans
-        assert (spans[after][0] - spans[before][1]) / 1000 <= MAX_GAP_S + 5, spans
+        by_run.setdefault(dict(record.headers)["dagster_run_id"].decode(), []).append(record)
+    runs_ids = [run["runId"] for run in watched]
+    expected = [min(PER_DAY, prepared_days[day]) for day in WATCHED_DAYS]
+    assert [len(by_run.get(run_id, [])) for run_id in runs_ids] == expected
+    spans = [(min(r.timestamp for r in by_run[i]), max(r.timestamp for r in by_run[i])) for i in runs_ids]
+    for before, after in itertools.pairwise(spans):
+        assert before[1] < after[0], spans
+        assert (after[0] - before[1]) / 1000 <= MAX_GAP_S + 5, spans
+
+    # Event time goes forward for ever: the n-th day played is the window's first day + n, across
+    # the round boundary too; the second round's visitors are new ids.
+    values = [[json.loads(r.value) for r in by_run[run_id]] for run_id in runs_ids]
+    dates = [{dt.datetime.fromtimestamp(v["original_timestamp"], dt.UTC).date().isoformat() for v in vs} for vs in values]
+    first = dt.date.fromisoformat(WINDOW[0])
+    assert dates == [{(first + dt.timedelta(days=n)).isoformat()} for n in range(DAYS_WATCHED)], dates
+    times = [(min(v["original_timestamp"] for v in vs), max(v["original_timestamp"] for v in vs)) for vs in values]
+    assert all(before[1] < after[0] for before, after in itertools.pairwise(times)), times
+    visitors = [{v["userId"] for v in vs} for vs in values]
+    rounds = [set().union(*visitors[:2]), set().union(*visitors[2:])]
+    assert rounds[0].isdisjoint(rounds[1]) and all(rounds)
     print(shown)
 

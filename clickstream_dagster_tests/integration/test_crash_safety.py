@@ -20,6 +20,8 @@ from dagster._core.storage.tags import WILL_RETRY_TAG
 from kafka import KafkaConsumer, TopicPartition
 
 from clickstream_dagster.assets import prepare, replay
+from clickstream_dagster.event_time import as_of, shift_days, visitor_id
+from clickstream_dagster.injection import default_seed, plan_injection
 from clickstream_dagster.checkpoints import DEFAULT_CHECKPOINT_TOPIC, Checkpoint, ReplayStatus, transactional_id
 from clickstream_dagster.generator import write_log
 from clickstream_dagster.kafka_client import CheckpointsIncomplete, KafkaPublisher, KafkaSettings, ensure_topic, read_checkpoints
@@ -155,6 +157,16 @@ def cli_replay(prepared, bootstrap: str, home: Path, day: str = DAY, client: str
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def kill_9_after(process: subprocess.Popen, bootstrap: str, topic: str, home: Path, rows: int) -> None:
+    """kill -9 of the CLI replay's process group once ``rows`` rows are committed (or it timed out)."""
+    try:
+        wait_for(lambda: (c := checkpoint_of(bootstrap, topic)) and c.next_row >= rows, 90, f"{rows} committed rows",
+                 details=lambda: replay_logs(home))
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+
 def materialize_replay(prepared, kafka: KafkaResource, day: str = DAY, instance=None, **config):
     """The replay and its read-back check, as the replay_clickstream job runs them."""
     return materialize(
@@ -171,12 +183,7 @@ def materialize_replay(prepared, kafka: KafkaResource, day: str = DAY, instance=
 def test_kill_9_of_the_process_group_then_resume_delivers_every_row_exactly_once(prepared, kafka_bootstrap_servers, topic, tmp_path, client):
     rows = day_rows(prepared)
     first = cli_replay(prepared, kafka_bootstrap_servers, tmp_path / "home", client=client, topic=topic, pacing="fixed", interval_ms=3)
-    try:
-        wait_for(lambda: (c := checkpoint_of(kafka_bootstrap_servers, topic)) and c.next_row >= 400, 90, "400 committed rows",
-                 details=lambda: replay_logs(tmp_path / "home"))
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait(10)
+    kill_9_after(first, kafka_bootstrap_servers, topic, tmp_path / "home", rows=400)
     killed_at = checkpoint_of(kafka_bootstrap_servers, topic)
     assert killed_at.status == ReplayStatus.RUNNING and killed_at.next_row < rows.height
 
@@ -193,6 +200,63 @@ def test_kill_9_of_the_process_group_then_resume_delivers_every_row_exactly_once
     # Readers no one here wrote, read_committed, find the same: each row once, in per-visitor order.
     for read in (console_consumer_read, confluent_read):
         assert_every_row_exactly_once(read(kafka_bootstrap_servers, topic, rows.height), rows)
+
+
+def test_a_day_as_of_another_date_with_labelled_disorder_keeps_its_plan_through_kill_9_and_resume(
+    prepared, kafka_bootstrap_servers, topic, tmp_path, client
+):
+    """event_date, visitor_epoch, late_share and duplicate_share together; killed mid-day and
+    resumed at another pacing, the stream read by Kafka's console consumer is the planned one."""
+    limit, epoch, event_date = 600, 3, "2026-12-01"
+    disorder = {"late_share": 0.1, "late_by_s": 300.0, "duplicate_share": 0.1}
+    config = {"topic": topic, "limit": limit, "event_date": event_date, "visitor_epoch": epoch, **disorder}
+    # The plan, from the Parquet day and the pure modules alone.
+    rows = as_of(day_rows(prepared).head(limit), days=shift_days(DAY, event_date), visitor_epoch=epoch)
+    plan = plan_injection(rows["original_timestamp"].to_numpy(), seed=default_seed(DAY, topic), **disorder)
+    planned = [
+        (row["userId"], row["original_timestamp"], row["productId"], (label or b"").decode())
+        for row, label in zip(rows[plan.rows.tolist()].iter_rows(named=True), plan.labels)
+    ]
+
+    first = cli_replay(prepared, kafka_bootstrap_servers, tmp_path / "home", client=client, pacing="fixed", interval_ms=5, **config)
+    kill_9_after(first, kafka_bootstrap_servers, topic, tmp_path / "home", rows=200)
+    assert checkpoint_of(kafka_bootstrap_servers, topic).next_row < len(plan)
+
+    result = materialize_replay(
+        prepared, KafkaResource(bootstrap_servers=kafka_bootstrap_servers, client=client), pacing="max", resume=True, **config
+    )
+    assert result.success
+    [mat] = result.asset_materializations_for_node("click_data")
+    assert (mat.metadata["late_messages"].value, mat.metadata["duplicate_messages"].value) == (plan.late, plan.duplicates)
+    assert (mat.metadata["event_date"].text, mat.metadata["event_date_shift_days"].value) == (event_date, shift_days(DAY, event_date))
+    [check] = result.get_asset_check_evaluations()
+    assert check.passed, check.metadata
+    assert (check.metadata["injected_late"].value, check.metadata["injected_duplicates"].value) == (plan.late, plan.duplicates)
+
+    records = console_consumer_read(kafka_bootstrap_servers, topic, len(plan), headers=True)
+    assert len({r.headers["dagster_run_id"] for r in records}) == 2  # both attempts sent some
+    read = {}
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        body = json.loads(r.value)
+        assert r.key == body["userId"].encode()
+        label = r.headers.get("clickstream-injected", b"").decode()
+        read.setdefault(r.key.decode(), []).append((body["userId"], body["original_timestamp"], body["productId"], label))
+    by_key = {}
+    for message in planned:
+        by_key.setdefault(message[0], []).append(message)
+    # Each visitor's messages, labels included, in the planned order: the resume continued the plan.
+    assert read == by_key
+    # Moved to the event date, time of day kept; the epoch's ids; ip unchanged.
+    assert all(event_date == time.strftime("%Y-%m-%d", time.gmtime(ts)) for _, ts, _, _ in planned)
+    recorded = day_rows(prepared).head(limit)
+    assert rows["userId"].to_list() == [visitor_id(v, epoch) for v in recorded["userId"]]
+    assert set(rows["userId"]).isdisjoint(recorded["userId"]) and rows["ip"].equals(recorded["ip"])
+    # A duplicate is its original byte for byte.
+    values = {}
+    for r in records:
+        values.setdefault((r.key, r.headers.get("clickstream-injected") == b"duplicate"), []).append(r.value)
+    originals = {(k, v) for (k, dup), vs in values.items() if not dup for v in vs}
+    assert all((k, v) in originals for (k, dup), vs in values.items() if dup for v in vs)
 
 
 @pytest.mark.parametrize("successor_client", ["kafka-python", "librdkafka"])

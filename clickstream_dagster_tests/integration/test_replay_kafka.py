@@ -319,6 +319,10 @@ def test_a_dead_broker_fails_the_run_naming_the_servers(prepared, dagster_instan
         ({"topic": ".."}, "topic='..'"),
         ({"limit": -1}, "limit=-1"),
         ({"interval_ms": 1e15}, "interval_ms=1000000000000000.0"),
+        ({"event_date": "2012-3-1"}, "event_date='2012-3-1'"),
+        ({"visitor_epoch": -1}, "visitor_epoch=-1"),
+        ({"late_share": 1.5}, "late_share=1.5"),
+        ({"late_share": 0.5, "duplicate_share": 0.6}, "add up to at most 1"),
     ],
 )
 def test_bad_config_fails_once_before_sending(prepared, kafka_bootstrap_servers, dagster_instance, config, named):
