@@ -7,6 +7,8 @@ import io
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -203,6 +205,27 @@ def test_kill_9_mid_replay_then_resume_with_avro_delivers_every_row_exactly_once
     assert len({dict(r.headers)["dagster_run_id"] for r in records}) == 2
     # Both attempts framed their values with the one schema id of the subject.
     assert len({schema_id_of(r.value) for r in records}) == 1
+
+
+@pytest.mark.parametrize("fmt", ["avro", "protobuf", "json_schema"])
+def test_clickstream_tail_prints_decoded_records(
+    prepared, kafka_bootstrap_servers, schema_registry_url, topic, dagster_instance, fmt
+):
+    rows = day_rows(prepared, limit=20)
+    registry = SchemaRegistryResource(url=schema_registry_url)
+    assert typed_replay(prepared, kafka_bootstrap_servers, registry, dagster_instance, topic=topic, message_format=fmt, limit=20).success
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "SCHEMA_REGISTRY_"))}
+    command = [sys.executable, "-m", "clickstream_dagster.tail", "--bootstrap-servers", kafka_bootstrap_servers,
+               "--topic", topic, "--from-beginning", "--limit", "20", "--timeout", "30"]
+    done = subprocess.run([*command, "--format", "json"], capture_output=True, text=True, timeout=120,
+                          env=env | {"SCHEMA_REGISTRY_URL": schema_registry_url})
+    assert done.returncode == 0, done.stderr
+    values = [json.loads(line)["value"] for line in done.stdout.splitlines()]
+    assert sorted((tuple(v[f] for f in FIELDS) for v in values), key=repr) == sorted(rows.iter_rows(), key=repr)
+    assert all(isinstance(v["timestamp"], int) for v in values)
+    # The table shows the product of each row too.
+    table = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env | {"SCHEMA_REGISTRY_URL": schema_registry_url})
+    assert all(p in table.stdout for p in rows["productId"].drop_nulls()), table.stdout
 
 
 # --------------------------------------------------------------------------- failures
