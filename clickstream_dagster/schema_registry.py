@@ -16,7 +16,7 @@ from clickstream_dagster.typed_encoding import (
     FIELDS,
     RECORD_NAME,
     TypedFormat,
-    _file_descriptor,
+    file_descriptor,
     registered_schema_text,
 )
 
@@ -148,32 +148,29 @@ def _compatibility(client, subject: str) -> str:
 def _mismatch(fmt: TypedFormat, text: str) -> str | None:
     """Why the bytes the encoder writes do not fit the schema ``text``, or None."""
     if fmt == TypedFormat.AVRO:
+        # Avro has no field tags: the writer's schema must list exactly these fields, in order.
         ours = [(f["name"], f["type"]) for f in json.loads(registered_schema_text(fmt))["fields"]]
         theirs = [(f.get("name"), f.get("type")) for f in json.loads(text).get("fields", [])]
-        return _missing(ours, theirs) or (
-            None if theirs == ours else f"orders or types its fields otherwise than the packaged schema: {theirs}"
-        )
+        if missing := _missing([name for name, _ in ours], [name for name, _ in theirs]):
+            return missing
+        return None if theirs == ours else f"orders or types its fields otherwise than the packaged schema: {theirs}"
     if fmt == TypedFormat.JSON_SCHEMA:
         schema = json.loads(text)
-        theirs = set(schema.get("properties", {}))
-        if missing := _missing([(f, None) for f in FIELDS], [(f, None) for f in theirs]):
+        if missing := _missing(FIELDS, schema.get("properties", {})):
             return missing
         extra = set(schema.get("required", ())) - set(FIELDS)
         return f"requires fields the replay does not write: {sorted(extra)}" if extra else None
-    ours = {f.name: (f.number, f.type) for f in _file_descriptor().message_type[0].field}
+    ours = {f.name: f.number for f in file_descriptor().message_type[0].field}
     theirs = _protobuf_fields(text)
-    if missing := _missing(list(ours), list(theirs)):
+    if missing := _missing(ours, theirs):
         return missing
-    numbers = {name: ours[name][0] for name in ours}
-    if {name: theirs[name] for name in ours} != numbers:
+    if {name: theirs[name] for name in ours} != ours:
         return f"numbers its fields otherwise than the packaged schema: {theirs}"
     return None
 
 
-def _missing(ours: list, theirs: list) -> str | None:
-    names = {item[0] if isinstance(item, tuple) else item for item in theirs}
-    lacking = [item[0] if isinstance(item, tuple) else item for item in ours]
-    lacking = [name for name in lacking if name not in names]
+def _missing(ours, theirs) -> str | None:
+    lacking = [name for name in ours if name not in theirs]
     return f"lacks the field(s) {', '.join(lacking)}" if lacking else None
 
 

@@ -64,12 +64,12 @@ def registered_schema_text(fmt: TypedFormat | str) -> str:
     Confluent-compatible registry accepts and its deserializer reads back."""
     fmt = TypedFormat(fmt)
     if fmt == TypedFormat.PROTOBUF:
-        return base64.b64encode(_file_descriptor().SerializeToString()).decode()
+        return base64.b64encode(file_descriptor().SerializeToString()).decode()
     return schema_file(fmt)
 
 
 @functools.cache
-def _file_descriptor():
+def file_descriptor():
     """page_view.proto compiled (``make schemas`` regenerates page_view.desc with protoc)."""
     from google.protobuf import descriptor_pb2
 
@@ -86,7 +86,7 @@ def page_view_class() -> type:
     from google.protobuf import descriptor_pool, message_factory
 
     pool = descriptor_pool.DescriptorPool()
-    pool.Add(_file_descriptor())
+    pool.Add(file_descriptor())
     return message_factory.GetMessageClass(pool.FindMessageTypeByName(RECORD_NAME))
 
 
