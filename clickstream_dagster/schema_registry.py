@@ -194,13 +194,16 @@ def _protobuf_fields(text: str) -> dict[str, int]:
 
 
 def schema_fetcher(settings: RegistrySettings):
-    """``fetch(schema_id) -> (schema_type, schema_text)`` for ``typed_encoding.TypedDecoder``."""
+    """``fetch(schema_id) -> (schema_type, schema_text)`` for ``typed_encoding.TypedDecoder``;
+    None for an id the registry does not know (a value framed elsewhere: undecodable)."""
     client = settings.client()
 
-    def fetch(schema_id: int) -> tuple[str, str]:
+    def fetch(schema_id: int) -> tuple[str, str] | None:
         try:
             schema = client.get_schema(schema_id)
         except Exception as error:  # noqa: BLE001 - sorted by failure()
+            if getattr(error, "http_status_code", None) == 404:
+                return None
             raise settings.failure(f"fetching schema id {schema_id}", error) from error
         return schema.schema_type, schema.schema_str
 

@@ -201,9 +201,9 @@ def schema_id_of(value: bytes | None) -> int | None:
 
 class TypedDecoder:
     """Decodes framed values with the writer's schema, fetched by id once through
-    ``fetch(schema_id) -> (schema_type, schema_text)`` (a registry client)."""
+    ``fetch(schema_id) -> (schema_type, schema_text)`` (a registry client; None: unknown id)."""
 
-    def __init__(self, fetch: Callable[[int], tuple[str, str]]):
+    def __init__(self, fetch: Callable[[int], tuple[str, str] | None]):
         self._fetch = fetch
         self._readers: dict[int, Callable[[bytes], dict] | None] = {}
 
@@ -213,7 +213,8 @@ class TypedDecoder:
         if schema_id is None:
             return None
         if schema_id not in self._readers:
-            self._readers[schema_id] = self._reader(*self._fetch(schema_id))
+            schema = self._fetch(schema_id)
+            self._readers[schema_id] = self._reader(*schema) if schema else None
         reader = self._readers[schema_id]
         try:
             fields = reader(value[5:]) if reader else None

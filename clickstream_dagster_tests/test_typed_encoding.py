@@ -149,3 +149,10 @@ def test_failures_name_url_and_user_never_the_password():
     with pytest.raises(ValueError, match="user:password"):
         RegistrySettings(url="http://r", user_info="alice")
     assert isinstance(registry.failure("x", OSError()), RegistryError)
+
+
+def test_an_id_the_registry_does_not_know_is_undecodable_not_fatal():
+    from clickstream_dagster.typed_encoding import TypedDecoder
+
+    value = encode_typed(EVENTS, "avro", 12345).value(0, 10**15)
+    assert decode_value(value, TypedDecoder(lambda schema_id: None)) is None

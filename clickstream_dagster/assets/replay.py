@@ -495,13 +495,16 @@ def delivered_exactly_once(
         return AssetCheckResult(passed=False, metadata={"reason": f"the replay did not finish: {state}"})
     checkpoint = mine[0]
     records = kafka.read_back(topic, dict(checkpoint.start_offsets))
-    found = verify_replay(
-        ((r.partition, r.offset, r.key, dict(r.headers or ()), r.value) for r in records),
-        day=day,
-        run_ids=checkpoint.run_ids,
-        expected_rows=checkpoint.next_row,
-        typed=schema_registry.decoder(),
-    )
+    try:
+        found = verify_replay(
+            ((r.partition, r.offset, r.key, dict(r.headers or ()), r.value) for r in records),
+            day=day,
+            run_ids=checkpoint.run_ids,
+            expected_rows=checkpoint.next_row,
+            typed=schema_registry.decoder(),
+        )
+    except RegistryError as error:
+        return AssetCheckResult(passed=False, metadata={"reason": f"could not decode the records: {error}"})
     return AssetCheckResult(
         passed=found.passed,
         metadata={
