@@ -31,15 +31,13 @@ from quixstreams.models.serializers.schema_registry import SchemaRegistryClientC
 
 from clickstream_dagster.assets import prepare, replay
 from clickstream_dagster.checkpoints import ReplayStatus
-from clickstream_dagster.generator import write_log
 from clickstream_dagster.resources.kafka import KafkaResource
-from clickstream_dagster.resources.log_file import ClickstreamLogFile
-from clickstream_dagster.resources.parquet import DailyParquetIOManager
 from clickstream_dagster.resources.schema_registry import SchemaRegistryResource
 from clickstream_dagster.typed_encoding import TypedFormat, page_view_class, schema_file, schema_id_of
-from clickstream_dagster_tests.integration.test_crash_safety import (
+from clickstream_dagster_tests.integration.test_crash_safety import (  # noqa: F401 - prepared: a fixture
     checkpoint_of,
     cli_replay,
+    prepared,
     read_committed,
     replay_logs,
     wait_for,
@@ -50,22 +48,6 @@ pytestmark = pytest.mark.integration
 DAY = "2012-03-04"
 LIMIT = 400  # a short day: every format on both clients stays cheap
 FIELDS = ["original_timestamp", "userId", "ip", "productId", "userAgent"]
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("typed")
-    write_log(root / "clickstream.csv", rows=8000, seed=7)
-    res = {
-        "clickstream_log": ClickstreamLogFile(path=str(root / "clickstream.csv")),
-        "parquet_io_manager": DailyParquetIOManager(base_dir=str(root / "parquet")),
-    }
-    assert materialize(
-        [prepare.clickstream_events],
-        resources=res,
-        tags={"dagster/asset_partition_range_start": "2012-03-01", "dagster/asset_partition_range_end": "2012-03-15"},
-    ).success
-    return res
 
 
 @pytest.fixture
