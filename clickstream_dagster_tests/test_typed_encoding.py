@@ -156,3 +156,30 @@ def test_an_id_the_registry_does_not_know_is_undecodable_not_fatal():
 
     value = encode_typed(EVENTS, "avro", 12345).value(0, 10**15)
     assert decode_value(value, TypedDecoder(lambda schema_id: None)) is None
+
+
+def test_the_deployment_reads_the_registry_from_the_environment_user_info_as_envvar(monkeypatch):
+    from dagster import EnvVar
+
+    from clickstream_dagster.definitions import schema_registry_from_environment
+
+    monkeypatch.setenv("SCHEMA_REGISTRY_URL", "https://registry.example/apis/ccompat/v7")
+    monkeypatch.setenv("SCHEMA_REGISTRY_USER_INFO", "alice:s3cret")
+    monkeypatch.setenv("SCHEMA_REGISTRY_CA_FILE", "/etc/ca.pem")
+    resource = schema_registry_from_environment()
+    assert (resource.url, resource.ca_file) == ("https://registry.example/apis/ccompat/v7", "/etc/ca.pem")
+    # Resolved only when a run starts, never part of the code location's config.
+    assert resource.user_info == EnvVar("SCHEMA_REGISTRY_USER_INFO")
+    for variable in ("SCHEMA_REGISTRY_URL", "SCHEMA_REGISTRY_USER_INFO", "SCHEMA_REGISTRY_CA_FILE"):
+        monkeypatch.delenv(variable)
+    assert schema_registry_from_environment().url is None
+
+
+def test_a_typed_format_without_a_registry_fails_naming_the_variable():
+    from dagster import Failure
+
+    from clickstream_dagster.resources.schema_registry import SchemaRegistryResource
+
+    with pytest.raises(Failure, match="SCHEMA_REGISTRY_URL"):
+        SchemaRegistryResource().encode(EVENTS, "clicks", "avro")
+    assert SchemaRegistryResource().decoder() is None
