@@ -274,6 +274,18 @@ def test_without_auto_register_the_latest_version_is_used(
     assert {schema_id_of(r.value) for r in read_committed(kafka_bootstrap_servers, topic, settle_s=1.0)} == {schema_id}
 
 
+def test_the_record_name_strategy_registers_one_subject_for_the_record(
+    prepared, kafka_bootstrap_servers, schema_registry_url, topic, dagster_instance
+):
+    registry = SchemaRegistryResource(url=schema_registry_url, subject_strategy="record_name")
+    result = typed_replay(prepared, kafka_bootstrap_servers, registry, dagster_instance, topic=topic, message_format="avro", limit=20)
+    assert result.success and check_passed(result)
+    ids = {schema_id_of(r.value) for r in read_committed(kafka_bootstrap_servers, topic, settle_s=1.0)}
+    client = SchemaRegistryClient({"url": schema_registry_url})
+    assert ids == {client.get_latest_version("clickstream.PageView").schema_id}
+    assert f"{topic}-value" not in client.get_subjects()
+
+
 def test_an_unreachable_registry_fails_naming_its_url(prepared, kafka_bootstrap_servers, topic, dagster_instance):
     # What a stopped registry looks like to a client: nothing listens on its port.
     url = f"http://127.0.0.1:{load_local_registry().free_port()}/apis/ccompat/v7"
