@@ -88,6 +88,9 @@ class RegistrySettings:
             about = f" subject {subject!r}" if subject else ""
             return RegistryError(f"{where}{about}: {doing} failed: {error.error_message} (HTTP {status})")
         text = _without(str(error), self.user_info)
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            trust = f"the CA in {self.ca_file}" if self.ca_file else f"the system's CAs ({CA_FILE_VARIABLE} unset)"
+            return RegistryError(f"{where}: its TLS certificate is not trusted by {trust} ({doing}): {text}")
         return RegistryError(f"{where} is unreachable ({doing}): {type(error).__name__}: {text}")
 
 

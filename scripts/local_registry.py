@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A local schema registry for development and tests: Apicurio Registry, like the local broker.
 
-    python3 scripts/local_registry.py up [--port 8081] [--state-dir .registry]
+    python3 scripts/local_registry.py up [--port 8081] [--state-dir .registry] [--tls]
     python3 scripts/local_registry.py status|down [--state-dir .registry]
 
 ``up`` resolves the Apicurio Registry distribution with Maven (once: it stays in ``~/.m2``,
@@ -9,6 +9,8 @@ unpacked beside it), starts it on 127.0.0.1 (Java 17, in-memory storage: every s
 empty registry), waits until its Confluent-compatible API answers and prints
 ``export SCHEMA_REGISTRY_URL=http://127.0.0.1:P/apis/ccompat/v7``. It is a no-op when the
 registry of that state dir is already up. ``down`` stops it, ``status`` exits 0 if it runs.
+With ``--tls`` it serves https only, with a certificate for 127.0.0.1 signed by a CA made
+with ``openssl`` in ``<state>/tls``, and also prints ``export SCHEMA_REGISTRY_CA_FILE=...``.
 
 Standard library only (it runs before the virtualenv exists, like local_kafka.py).
 """
@@ -21,6 +23,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -80,17 +83,43 @@ def resolve_distribution() -> Path:
     return runner
 
 
-def api_url(port: int) -> str:
-    return f"http://{HOST}:{port}{API_PATH}"
+def api_url(port: int, tls: bool = False) -> str:
+    return f"{'https' if tls else 'http'}://{HOST}:{port}{API_PATH}"
 
 
-def answers(url: str, timeout_s: float = 2.0) -> bool:
+def answers(url: str, timeout_s: float = 2.0, ca_file: Optional[Path] = None) -> bool:
     """True once the registry lists its subjects (its storage is ready, not just its port)."""
+    context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
     try:
-        with urllib.request.urlopen(f"{url}/subjects", timeout=timeout_s) as response:
+        with urllib.request.urlopen(f"{url}/subjects", timeout=timeout_s, context=context) as response:
             return response.status == 200 and isinstance(json.loads(response.read()), list)
     except (OSError, ValueError):
         return False
+
+
+def _make_tls(tls: Path) -> None:
+    """A CA and a certificate for 127.0.0.1 signed by it, PEM, in ``tls`` (made once)."""
+    if (tls / "registry.pem").is_file():
+        return
+    openssl = shutil.which("openssl")
+    if not openssl:
+        raise LocalRegistryError("openssl not found on PATH; --tls needs it to make the certificates")
+    tls.mkdir(parents=True, exist_ok=True)
+    (tls / "leaf.ext").write_text(
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
+    )
+    for args in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-keyout", "ca.key", "-out", "ca.pem",
+         "-subj", "/CN=clickstream local registry CA", "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "registry.key", "-out", "registry.csr", "-subj", f"/CN={HOST}"],
+        ["x509", "-req", "-in", "registry.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "3650",
+         "-extfile", "leaf.ext", "-out", "registry.pem"],
+    ):
+        done = subprocess.run([openssl, *args], cwd=tls, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise LocalRegistryError(f"openssl {args[0]} failed: {done.stderr.strip()}")
 
 
 @dataclass
@@ -98,10 +127,16 @@ class Registry:
     state_dir: Path
     pid: int
     port: int
+    tls: bool = False
 
     @property
     def url(self) -> str:
-        return api_url(self.port)
+        return api_url(self.port, self.tls)
+
+    @property
+    def ca_file(self) -> Optional[Path]:
+        """The CA to verify a --tls registry with (SCHEMA_REGISTRY_CA_FILE)."""
+        return self.state_dir / "tls" / "ca.pem" if self.tls else None
 
     def running(self) -> bool:
         try:
@@ -139,14 +174,18 @@ def running_registry(state_dir: Path | str = DEFAULT_STATE_DIR) -> Optional[Regi
         saved = json.loads((state_dir / "registry.json").read_text())
     except (OSError, ValueError):
         return None
-    registry = Registry(state_dir, int(saved["pid"]), int(saved["port"]))
+    registry = Registry(state_dir, int(saved["pid"]), int(saved["port"]), bool(saved.get("tls")))
     return registry if registry.running() else None
 
 
 def start_registry(
-    state_dir: Path | str = DEFAULT_STATE_DIR, port: Optional[int] = None, timeout_s: float = DEFAULT_TIMEOUT_S
+    state_dir: Path | str = DEFAULT_STATE_DIR,
+    port: Optional[int] = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    tls: bool = False,
 ) -> Registry:
-    """Start (or find running) the registry of ``state_dir``; returns once it answers."""
+    """Start (or find running) the registry of ``state_dir``; returns once it answers.
+    ``tls``: https only, its CA in ``<state_dir>/tls/ca.pem``."""
     state_dir = Path(state_dir)
     if (found := running_registry(state_dir)) is not None:
         return found
@@ -156,20 +195,30 @@ def start_registry(
         raise LocalRegistryError("java not found on PATH (Apicurio Registry 2.6 needs Java 17)")
     port = port or free_port()
     state_dir.mkdir(parents=True, exist_ok=True)
+    listen = [f"-Dquarkus.http.port={port}"]
+    if tls:
+        _make_tls(state_dir / "tls")
+        listen = [
+            f"-Dquarkus.http.ssl-port={port}",
+            "-Dquarkus.http.port=0",  # the plain listener on any port, refusing every request
+            "-Dquarkus.http.insecure-requests=disabled",
+            f"-Dquarkus.http.ssl.certificate.files={state_dir / 'tls' / 'registry.pem'}",
+            f"-Dquarkus.http.ssl.certificate.key-files={state_dir / 'tls' / 'registry.key'}",
+        ]
     log_path = state_dir / "registry.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [java, "-Xmx384m", f"-Dquarkus.http.host={HOST}", f"-Dquarkus.http.port={port}", "-jar", str(runner)],
+            [java, "-Xmx384m", f"-Dquarkus.http.host={HOST}", *listen, "-jar", str(runner)],
             cwd=state_dir,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: `down` stops exactly it
         )
-    registry = Registry(state_dir, process.pid, port)
-    (state_dir / "registry.json").write_text(json.dumps({"pid": process.pid, "port": port}))
+    registry = Registry(state_dir, process.pid, port, tls)
+    (state_dir / "registry.json").write_text(json.dumps({"pid": process.pid, "port": port, "tls": tls}))
     deadline = time.monotonic() + timeout_s
-    while not answers(registry.url):
+    while not answers(registry.url, ca_file=registry.ca_file):
         if process.poll() is not None or time.monotonic() > deadline:
             registry.stop()
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
@@ -188,15 +237,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         if name == "up":
             command.add_argument("--port", type=int, default=DEFAULT_PORT)
             command.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds to wait for it")
+            command.add_argument("--tls", action="store_true", help="https only, with a CA of its own")
     args = parser.parse_args(argv)
     if args.command == "up":
         try:
-            registry = start_registry(args.state_dir, args.port, args.timeout)
+            registry = start_registry(args.state_dir, args.port, args.timeout, args.tls)
         except LocalRegistryError as error:
             print(f"local_registry: {error}", file=sys.stderr)
             return 1
         print(f"Apicurio Registry {VERSION} up (pid {registry.pid}, log {registry.state_dir / 'registry.log'})", file=sys.stderr)
         print(f"export SCHEMA_REGISTRY_URL={registry.url}")
+        if registry.ca_file:
+            print(f"export SCHEMA_REGISTRY_CA_FILE={registry.ca_file}")
         return 0
     registry = running_registry(args.state_dir)
     if args.command == "status":

@@ -298,6 +298,25 @@ def test_an_unreachable_registry_fails_naming_its_url(prepared, kafka_bootstrap_
     assert not topic_exists(kafka_bootstrap_servers, topic)
 
 
+def test_an_https_registry_is_trusted_through_the_ca_file_only(prepared, kafka_bootstrap_servers, topic, dagster_instance, tmp_path):
+    registry = load_local_registry().start_registry(tmp_path / "tls-registry", tls=True)
+    try:
+        untrusted = typed_replay(
+            prepared, kafka_bootstrap_servers, SchemaRegistryResource(url=registry.url), dagster_instance,
+            topic=topic, message_format="json_schema", limit=20,
+        )
+        message = failure_of(untrusted)
+        assert f"schema registry at {registry.url}: its TLS certificate is not trusted" in message, message
+        assert not topic_exists(kafka_bootstrap_servers, topic)
+        trusted = SchemaRegistryResource(url=registry.url, ca_file=str(registry.ca_file))
+        result = typed_replay(
+            prepared, kafka_bootstrap_servers, trusted, dagster_instance, topic=topic, message_format="json_schema", limit=20,
+        )
+        assert result.success and check_passed(result)
+    finally:
+        registry.stop()
+
+
 class _Refusing(BaseHTTPRequestHandler):
     """A registry that refuses every credential, as one with basic auth on does (401)."""
 
