@@ -9,11 +9,15 @@ KAFKA_PORT ?= $(if $(filter plaintext,$(KAFKA_SECURITY)),9092,9093)
 # Where the local broker keeps its pid, config, log and data (`make dev`, `make kafka-*`).
 KAFKA_STATE_DIR ?= $(CURDIR)/$(if $(filter plaintext,$(KAFKA_SECURITY)),.kafka,.kafka-$(KAFKA_SECURITY))
 DAGSTER_PORT ?= 3000
+# The local schema registry (`make registry-*`; `make dev LOCAL_REGISTRY=1` starts it unless
+# SCHEMA_REGISTRY_URL names one, and Dagster gets its URL).
+REGISTRY_PORT ?= 8081
+REGISTRY_STATE_DIR ?= $(CURDIR)/.registry
 export DAGSTER_PORT KAFKA_PORT KAFKA_STATE_DIR
 DAGSTER_POSTGRES_VERSION := 0.29.27
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: setup demo dev test test-unit kafka-up kafka-down kafka-status bench-prepare bench-replay bench-parallel bench screenshots data clean
+.PHONY: setup demo dev test test-unit kafka-up kafka-down kafka-status registry-up registry-down registry-status schemas bench-prepare bench-replay bench-parallel bench screenshots data clean
 
 # The virtualenv, re-made when pyproject.toml changes.
 setup: $(VENV)/.installed
@@ -40,6 +44,12 @@ dev: setup
 	    | tee /dev/stderr | sed -n 's/^ *bootstrap servers: *//p') || exit 1; \
 	  export KAFKA_BOOTSTRAP_SERVERS; \
 	fi; \
+	if [ -n "$(LOCAL_REGISTRY)" ] && [ -z "$$SCHEMA_REGISTRY_URL" ]; then \
+	  SCHEMA_REGISTRY_URL=$$($(PYTHON) scripts/local_registry.py up --port $(REGISTRY_PORT) --state-dir "$(REGISTRY_STATE_DIR)" \
+	    | sed -n 's/^export SCHEMA_REGISTRY_URL=//p') || exit 1; \
+	  export SCHEMA_REGISTRY_URL; \
+	fi; \
+	[ -z "$$SCHEMA_REGISTRY_URL" ] || echo "Schema registry (typed message formats): $$SCHEMA_REGISTRY_URL"; \
 	echo "Dagster UI: http://127.0.0.1:$(DAGSTER_PORT)  (Kafka: $$KAFKA_BOOTSTRAP_SERVERS, DAGSTER_HOME=$$DAGSTER_HOME)"; \
 	exec $(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DAGSTER_PORT)
 
@@ -59,6 +69,23 @@ kafka-down:
 
 kafka-status:
 	$(PYTHON) scripts/local_kafka.py status --security $(KAFKA_SECURITY) --state-dir "$(KAFKA_STATE_DIR)"
+
+# The local schema registry (Apicurio, Confluent-compatible API): eval "$$(make -s registry-up)"
+registry-up:
+	@$(PYTHON) scripts/local_registry.py up --port $(REGISTRY_PORT) --state-dir "$(REGISTRY_STATE_DIR)"
+
+registry-down:
+	$(PYTHON) scripts/local_registry.py down --state-dir "$(REGISTRY_STATE_DIR)"
+
+registry-status:
+	$(PYTHON) scripts/local_registry.py status --state-dir "$(REGISTRY_STATE_DIR)"
+
+# Re-compile page_view.proto into the descriptor the package loads. protoc comes from grpcio-tools,
+# in a venv of its own: it pins a protobuf older than the project's.
+schemas:
+	test -x .protoc/bin/python || $(PYTHON) -m venv .protoc
+	.protoc/bin/python -m pip install --quiet grpcio-tools
+	cd clickstream_dagster/schemas && ../../.protoc/bin/python -m grpc_tools.protoc -I. --descriptor_set_out=page_view.desc page_view.proto
 
 # Re-generate the committed sample log (deterministic: the same bytes every time).
 data: setup

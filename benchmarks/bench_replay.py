@@ -20,6 +20,10 @@ candidates' order; medians):
 * **bare**: a plain kafka-python loop over the same messages, pre-encoded (values
   built before the clock starts), through the same ``KafkaProducer`` settings (the
   publisher's own producer), same headers, then ``flush()``.
+* **typed on librdkafka**: the librdkafka replay, exactly_once, with ``message_format``
+  avro and protobuf (``typed_encoding.encode_typed``, the schema id asked from a schema
+  registry once before the clock starts: ``$SCHEMA_REGISTRY_URL``, else Apicurio started by
+  ``scripts/local_registry.py``), beside the json one; encoding times side by side.
 * **kcat**: ``kcat -P -K<TAB>`` reading the same key/value lines from a file, with the
   same headers and ``enable.idempotence=true acks=all linger.ms=5``, murmur2
   partitioner; timed as the whole process (start, connect, send, wait for acks).
@@ -66,6 +70,8 @@ from clickstream_dagster.librdkafka_client import LibrdkafkaPublisher
 from clickstream_dagster.pacing import Pacing, send_offsets
 from clickstream_dagster.partitions import DATASET_WINDOW
 from clickstream_dagster.replay import ReplayProgress, progress_line, run_replay
+from clickstream_dagster.schema_registry import RegistrySettings, schema_id_for
+from clickstream_dagster.typed_encoding import encode_typed
 
 SECTION = ("<!-- bench-replay:start -->", "<!-- bench-replay:end -->")
 DAY = "2012-03-07"
@@ -83,15 +89,21 @@ TARGET_INTERVAL_ERROR = 0.01
 TARGET_EOS_VS_ALO = 0.90  # exactly_once keeps at least 90% of at_least_once's rate at max pacing
 TARGET_RDK_VS_KCAT = 0.50  # the librdkafka replay at max pacing, against kcat on the same broker
 TARGET_DELIVERY_P99_MS = 25.0  # fixed 20 ms, exactly_once: readable within 25 ms of its slot
+TARGET_TYPED_VS_JSON = 0.80  # avro and protobuf at max pacing on librdkafka, against json
+TYPED_FORMATS = ("avro", "protobuf")
 
 
-def load_local_kafka():
-    path = ROOT / "scripts" / "local_kafka.py"
-    spec = importlib.util.spec_from_file_location("clickstream_local_kafka", path)
+def load_script(name: str):
+    """scripts/<name>.py, imported by path (the scripts are not package modules)."""
+    spec = importlib.util.spec_from_file_location(f"clickstream_{name}", ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses need the module registered
     spec.loader.exec_module(module)
     return module
+
+
+def load_local_kafka():
+    return load_script("local_kafka")
 
 
 # ----------------------------------------------------------------------------- the day
@@ -156,12 +168,14 @@ class Topics:
 # ----------------------------------------------------------------------------- candidates
 
 
-def run_project_replay(settings, topics, events, pacing, label, delivery="exactly_once", client="kafka-python") -> dict:
+def run_project_replay(
+    settings, topics, events, pacing, label, delivery="exactly_once", client="kafka-python", typed=None
+) -> dict:
     """encode_messages + send_offsets + run_replay through a KafkaPublisher (or a
     LibrdkafkaPublisher), checkpoints committed as the asset commits them (in the
-    transaction with exactly_once)."""
+    transaction with exactly_once). ``typed``: (format, schema id), encoded with encode_typed."""
     t0 = time.perf_counter()
-    messages = encode_messages(events, "json")
+    messages = encode_typed(events, *typed) if typed else encode_messages(events, "json")
     offsets = send_offsets(events["original_timestamp"].to_numpy(), pacing)
     encode_s = time.perf_counter() - t0
     topic = topics.fresh(label)
@@ -295,6 +309,7 @@ def render(r: dict) -> str:
         ("replay_alo", "project replay, at_least_once (idempotent, checkpoints, no transactions)"),
         ("rdk", "project replay on librdkafka (`client: librdkafka`), exactly_once"),
         ("rdk_alo", "project replay on librdkafka, at_least_once"),
+        *((f"rdk_{fmt}", f"project replay on librdkafka, exactly_once, `{fmt}`") for fmt in TYPED_FORMATS),
         ("bare", "bare kafka-python loop, pre-encoded, then `flush()`"),
         ("kcat", "`kcat -P -K<TAB>` from a file (whole process)"),
     ):
@@ -331,6 +346,19 @@ def render(r: dict) -> str:
         + "). Rates count delivered messages: committed (exactly_once) or acknowledged. Encoding the day "
         f"(`encode_messages` + `send_offsets`, before the clock starts): median {tp['encode_ms']:.0f} ms."
         + kcat_line,
+        "",
+        (
+            f"Typed messages ({r['registry']}), librdkafka, exactly_once, max pacing: "
+            + "; ".join(
+                f"{fmt} reaches **{tp[f'{fmt}_vs_json']['median'] * 100:.0f}%** of json's rate (rounds: "
+                + ", ".join(f"{x * 100:.0f}%" for x in tp[f"{fmt}_vs_json"]["all"])
+                + f"), its day serialized in {tp[f'{fmt}_encode_ms']:.0f} ms"
+                for fmt in TYPED_FORMATS
+            )
+            + f" (json: {tp['rdk_encode_ms']:.0f} ms). Values average "
+            + ", ".join(f"{fmt} {tp[f'{fmt}_value_bytes']:.0f} bytes" for fmt in TYPED_FORMATS)
+            + "."
+        ),
         "",
         (
             f"Timing fidelity (`run_replay`, exactly_once, on each client, {fid['runs']} runs each; "
@@ -423,6 +451,11 @@ def render(r: dict) -> str:
             f"{error_rdk[0] * 100:.3f}% off ({error_rdk[1] * 100:.3f}%) | {yes(t['interval'])} |"
         ),
         *kcat_targets,
+        (
+            f"| avro and protobuf at max pacing on librdkafka >= {TARGET_TYPED_VS_JSON * 100:.0f}% of json's rate "
+            f"| " + ", ".join(f"{fmt} {tp[f'{fmt}_vs_json']['median'] * 100:.0f}%" for fmt in TYPED_FORMATS)
+            + f" | {yes(t['typed_rate'])} |"
+        ),
         "",
         (
             "Targets are judged on the medians; the worst run is shown so that a noisy run is visible, "
@@ -479,12 +512,25 @@ def main(argv: list[str] | None = None) -> int:
             broker_desc = f"a local Apache Kafka {lk.kafka_version()} broker (KRaft, single node)"
             print(f"broker up on {bootstrap} in {time.perf_counter() - t0:.1f} s", flush=True)
         settings = KafkaSettings(bootstrap_servers=bootstrap, client_id="bench-replay")
+        registry, registry_url = None, os.environ.get("SCHEMA_REGISTRY_URL", "").strip()
+        if registry_url:
+            registry_desc = f"the schema registry at {registry_url}"
+        else:
+            local_registry = load_script("local_registry")
+            registry = local_registry.start_registry(work / "registry")
+            registry_url = registry.url
+            registry_desc = f"a local Apicurio Registry {local_registry.VERSION}"
+        # One subject for every run (record-name strategy): the registry is asked once per format.
+        registry_settings = RegistrySettings(url=registry_url, subject_strategy="record_name")
+        schema_ids = {fmt: schema_id_for(registry_settings, "bench", fmt) for fmt in TYPED_FORMATS}
         topics = Topics(settings)
         try:
-            report = measure(args, settings, topics, events, kcat, work)
+            report = measure(args, settings, topics, events, kcat, work, schema_ids)
         finally:
             topics.close()
     finally:
+        if registry is not None:
+            registry.stop()
         if broker is not None:
             broker.stop()
             print("broker stopped", flush=True)
@@ -496,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions,
         "broker": broker_desc,
         "kcat_version": kcat_version,
+        "registry": registry_desc,
         "load_end": os.getloadavg(),
         "total_s": time.perf_counter() - t_start,
     }
@@ -507,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def measure(args, settings, topics, events: pl.DataFrame, kcat, work: Path) -> dict:
+def measure(args, settings, topics, events: pl.DataFrame, kcat, work: Path, schema_ids: dict[str, int]) -> dict:
     # The bare loop and kcat send the very values the replay would (one fixed replay time).
     messages = encode_messages(events, "json")
     now_ns = time.time_ns()
@@ -527,7 +574,8 @@ def measure(args, settings, topics, events: pl.DataFrame, kcat, work: Path) -> d
     original_events = events.head(n_original)
     fixed_events = events.head(FIXED_MESSAGES)
 
-    candidates = ["replay", "replay_alo", "rdk", "rdk_alo", "bare"] + (["kcat"] if kcat else [])
+    typed = [f"rdk_{fmt}" for fmt in TYPED_FORMATS]
+    candidates = ["replay", "replay_alo", "rdk", "rdk_alo", *typed, "bare"] + (["kcat"] if kcat else [])
     tp: dict[str, list] = {c: [] for c in candidates}
     fid: dict[str, list] = {"original": [], "fixed": [], "original_rdk": [], "fixed_rdk": []}
     rounds = max(args.runs, args.fidelity_runs)
@@ -544,6 +592,12 @@ def measure(args, settings, topics, events: pl.DataFrame, kcat, work: Path) -> d
                 elif c == "rdk_alo":
                     res = run_project_replay(
                         settings, topics, events, Pacing(mode="max"), "max-rdk-alo", "at_least_once", "librdkafka"
+                    )
+                elif c in typed:
+                    fmt = c.removeprefix("rdk_")
+                    res = run_project_replay(
+                        settings, topics, events, Pacing(mode="max"), f"max-{fmt}", client="librdkafka",
+                        typed=(fmt, schema_ids[fmt]),
                     )
                 elif c == "bare":
                     res = run_bare(settings, topics, keys, values, headers)
@@ -583,7 +637,14 @@ def measure(args, settings, topics, events: pl.DataFrame, kcat, work: Path) -> d
         "overhead": {"median": med(overheads), "all": overheads},
         "eos_vs_alo": {"median": med(eos_vs_alo), "all": eos_vs_alo},
         "encode_ms": med([x["encode_s"] for x in tp["replay"]]) * 1000,
+        "rdk_encode_ms": med([x["encode_s"] for x in tp["rdk"]]) * 1000,
     }
+    for fmt in TYPED_FORMATS:
+        ratios = [x["rate"] / j["rate"] for x, j in zip(tp[f"rdk_{fmt}"], tp["rdk"], strict=True)]
+        throughput[f"{fmt}_vs_json"] = {"median": med(ratios), "all": ratios}
+        throughput[f"{fmt}_encode_ms"] = med([x["encode_s"] for x in tp[f"rdk_{fmt}"]]) * 1000
+        sample = encode_typed(events, fmt, schema_ids[fmt])
+        throughput[f"{fmt}_value_bytes"] = sum(len(sample.value(i, now_ns)) for i in range(len(sample))) / len(sample)
     if kcat:
         throughput["kcat_vs_bare"] = med([x["rate"] for x in tp["kcat"]]) / med(
             [x["rate"] for x in tp["bare"]]
@@ -614,6 +675,7 @@ def measure(args, settings, topics, events: pl.DataFrame, kcat, work: Path) -> d
         "p99": all(v[0] < TARGET_P99_MS for v in p99.values()),
         "interval": max(med(interval_errors), med(interval_errors_rdk)) <= TARGET_INTERVAL_ERROR,
         "interval_error_rdk": (med(interval_errors_rdk), max(interval_errors_rdk)),
+        "typed_rate": all(throughput[f"{fmt}_vs_json"]["median"] >= TARGET_TYPED_VS_JSON for fmt in TYPED_FORMATS),
         "rdk_rate": bool(kcat) and min(throughput["rdk_vs_kcat"]["median"], throughput["rdk_alo_vs_kcat"]["median"])
         >= TARGET_RDK_VS_KCAT,
         "drift_ms": drift,

@@ -15,7 +15,7 @@ Live feed (sensors.py, feed.py): replay_feed, the days one after the other witho
 replay runs whose process is gone, judged by their checkpoints in Kafka. Schedule (schedules.py): replay_cycle, a day at fixed times.
 Days (partitions.py): CLICKSTREAM_DAYS=FIRST..LAST, default the sample's 2012-03-01..2012-03-15.
 Resources: the log file, the Parquet IO manager (CLICKSTREAM_STORAGE_DIR) and the Kafka
-cluster (KAFKA_*). Everything that differs per deployment is an environment variable.
+cluster (KAFKA_*), the schema registry of the typed formats (SCHEMA_REGISTRY_*). Everything that differs per deployment is an environment variable.
 """
 
 import os
@@ -28,8 +28,23 @@ from clickstream_dagster.kafka_client import CLIENT_VARIABLE, CREDENTIAL_FIELDS,
 from clickstream_dagster.resources.kafka import KafkaResource
 from clickstream_dagster.resources.log_file import DEFAULT_LOG_PATH, ClickstreamLogFile
 from clickstream_dagster.resources.parquet import DailyParquetIOManager
+from clickstream_dagster.resources.schema_registry import SchemaRegistryResource
 from clickstream_dagster.schedules import replay_cycle
+from clickstream_dagster.schema_registry import CA_FILE_VARIABLE, URL_VARIABLE, USER_INFO_VARIABLE
 from clickstream_dagster.sensors import clickstream_log_changed, replay_feed, replay_watchdog
+
+
+def schema_registry_from_environment() -> SchemaRegistryResource:
+    """The registry named by SCHEMA_REGISTRY_URL (none when unset: json and quix need none)."""
+    config = {}
+    if os.environ.get(URL_VARIABLE):
+        config["url"] = os.environ[URL_VARIABLE]
+    if os.environ.get(USER_INFO_VARIABLE):
+        # Read at run time and never shown.
+        config["user_info"] = EnvVar(USER_INFO_VARIABLE)
+    if os.environ.get(CA_FILE_VARIABLE):
+        config["ca_file"] = os.environ[CA_FILE_VARIABLE]
+    return SchemaRegistryResource(**config)
 
 
 def kafka_from_environment() -> KafkaResource:
@@ -56,6 +71,8 @@ def resources_from_environment() -> dict:
         # Unset: the Dagster instance's storage directory; or a local path / s3:// URL.
         "parquet_io_manager": DailyParquetIOManager(base_dir=os.environ.get("CLICKSTREAM_STORAGE_DIR")),
         "kafka": kafka_from_environment(),
+        # SCHEMA_REGISTRY_*: the typed message formats (avro, protobuf, json_schema).
+        "schema_registry": schema_registry_from_environment(),
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -42,9 +43,15 @@ _QUIX_TIME_DIGITS = 19
 _QUIX_END_KEY = b'"E":'
 
 
+@functools.lru_cache(maxsize=1)
+def _replay_time_text(replay_time: int) -> bytes:
+    # Consecutive messages mostly share a millisecond: encode each value once (hot loop).
+    return str(replay_time).encode()
+
+
 @dataclass(frozen=True)
 class EncodedMessages:
-    """A day's messages, ready to send: ``value = prefix + str(replay_time) + suffix``."""
+    """A day's messages, ready to send: ``value = prefix + time_bytes(replay_time) + suffix``."""
 
     keys: list[bytes]
     prefixes: list[bytes]
@@ -53,26 +60,22 @@ class EncodedMessages:
     # quix: the suffix ends with the envelope's end offset, right for a replay time of this
     # many digits; None when the value holds no offset (json).
     time_digits: int | None = None
+    # How the replay time is written: decimal text (json, quix), or a binary varint (typed formats).
+    time_bytes: Callable[[int], bytes] = _replay_time_text
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def value(self, i: int, replay_time_ns: int) -> bytes:
-        text = _replay_time_text(replay_time_ns // self.divisor)
+        text = self.time_bytes(replay_time_ns // self.divisor)
         if self.time_digits is None or len(text) == self.time_digits:
             return self.prefixes[i] + text + self.suffixes[i]
         return self.prefixes[i] + text + _shift_end_offset(self.suffixes[i], len(text) - self.time_digits)
 
     def values(self, start: int, stop: int, replay_time_ns: int) -> list[bytes]:
         """``value(i, replay_time_ns)`` for ``start <= i < stop``: one replay time, as max pacing sends them."""
-        middle = _replay_time_text(replay_time_ns // self.divisor)
+        middle = self.time_bytes(replay_time_ns // self.divisor)
         return [prefix + middle + suffix for prefix, suffix in zip(self.prefixes[start:stop], self.suffixes[start:stop])]
-
-
-@functools.lru_cache(maxsize=1)
-def _replay_time_text(replay_time: int) -> bytes:
-    # Consecutive messages mostly share a millisecond: encode each value once (hot loop).
-    return str(replay_time).encode()
 
 
 def _shift_end_offset(suffix: bytes, by: int) -> bytes:

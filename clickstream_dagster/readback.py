@@ -1,6 +1,7 @@
 """What a consumer finds of a replay, checked: every row once, each visitor's rows in order.
 
-Pure: records come in as plain tuples, decoded with the same decoder ``clickstream-tail`` uses.
+Pure: records come in as plain tuples, decoded with the same decoder ``clickstream-tail`` uses
+(typed records through a schema registry's ``TypedDecoder``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 from clickstream_dagster.injection import DUPLICATE, INJECTED_HEADER, LATE
 from clickstream_dagster.tail import decode_value
+from clickstream_dagster.typed_encoding import TypedDecoder
 
 ROW_FIELDS = ("userId", "original_timestamp", "ip", "productId", "userAgent")
 
@@ -50,6 +52,7 @@ def verify_replay(
     day: str,
     run_ids: Iterable[str],
     expected_rows: int,
+    typed: TypedDecoder | None = None,
 ) -> ReadBack:
     """Check the ``(partition, offset, key, headers, value)`` records of a topic: those of the
     day written by ``run_ids`` (the runs of one replay) hold ``expected_rows`` rows, each once,
@@ -65,7 +68,7 @@ def verify_replay(
         if headers.get("source_day") != day.encode() or headers.get("dagster_run_id") not in runs:
             continue
         found += 1
-        fields = decode_value(value)
+        fields = decode_value(value, typed)
         if fields is None:
             undecodable += 1
             continue

@@ -35,6 +35,15 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, TextIO
 
 from clickstream_dagster.kafka_client import ENVIRONMENT_VARIABLES, BrokerUnavailable, KafkaSettings
+from clickstream_dagster.schema_registry import (
+    CA_FILE_VARIABLE,
+    URL_VARIABLE,
+    USER_INFO_VARIABLE,
+    RegistryError,
+    RegistrySettings,
+    schema_fetcher,
+)
+from clickstream_dagster.typed_encoding import TypedDecoder, schema_id_of
 
 DEFAULT_TOPIC = "click-data"
 DEFAULT_BOOTSTRAP_SERVERS = "localhost:9092"
@@ -52,19 +61,27 @@ _COLUMNS = (
     ("ORIGINAL TIME (UTC)", 0),
 )
 _SEPARATOR = "  "
+_ROW_FIELDS = ("userId", "ip", "productId", "userAgent", "original_timestamp")
 
 
 # --------------------------------------------------------------------------- pure parts
 
 
-def decode_value(value: bytes | None) -> dict | None:
-    """A clickstream message value in either wire format, as one flat dict.
+def decode_value(value: bytes | None, typed: TypedDecoder | None = None) -> dict | None:
+    """A clickstream message value in any wire format, as one flat dict.
 
-    Returns ``{"format": "json"|"quix", "userId", "ip", "productId", "userAgent",
-    "original_timestamp", "replay_time_ms"}`` (any of the fields may be None), or None
-    for anything that is not a clickstream message: a null value, bytes that are not
-    JSON, or JSON of another shape. Never raises.
+    Returns ``{"format": "json"|"quix"|"avro"|"protobuf"|"json_schema", "userId", "ip",
+    "productId", "userAgent", "original_timestamp", "replay_time_ms"}`` (any of the fields
+    may be None), or None for anything that is not a clickstream message: a null value,
+    bytes that are not JSON, JSON of another shape, or a registry-framed value when no
+    ``typed`` decoder (a schema registry) is given. Never raises, but for an unreachable
+    registry (``RegistryError``).
     """
+    if typed is not None and schema_id_of(value) is not None:
+        fields = typed.decode(value)
+        if fields is None:
+            return None
+        return {**{k: fields[k] for k in ("format", *_ROW_FIELDS)}, "replay_time_ms": fields["timestamp"]}
     parsed = parse_json(value)
     if not isinstance(parsed, dict):
         return None
@@ -149,13 +166,18 @@ def format_header() -> str:
 
 
 def format_row(
-    arrival: datetime, partition: int, offset: int, key: bytes | None, value: bytes | None
+    arrival: datetime,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    typed: TypedDecoder | None = None,
 ) -> str:
     """One aligned table line for a message; a value that is not a clickstream message is
     shown raw and truncated. Control characters are escaped: one message, one line."""
     shown_key = "-" if key is None else _printable(_text(key))
     lead = [format_arrival(arrival), f"{partition}/{offset}", shown_key]
-    event = decode_value(value)
+    event = decode_value(value, typed)
     if event is None:
         if value is None:
             return _join(lead + ["(null value)"])
@@ -176,9 +198,15 @@ def format_json(
     key: bytes | None,
     headers: Iterable[tuple[str, bytes | None]],
     value: bytes | None,
+    typed: TypedDecoder | None = None,
 ) -> str:
-    """One JSON object for a message: the value parsed if it is JSON, else the raw text."""
-    parsed = parse_json(value)
+    """One JSON object for a message: the value decoded through the registry if it is a
+    typed record, parsed if it is JSON, else the raw text."""
+    parsed = typed.decode(value) if typed is not None and schema_id_of(value) is not None else None
+    if parsed is not None:
+        parsed.pop("format")
+    else:
+        parsed = parse_json(value)
     if parsed is None and value is not None and value.strip() != b"null":
         parsed = _text(value)
     record = {
@@ -241,6 +269,21 @@ def settings_from_env(
     )
 
 
+def registry_from_env(environ: Mapping[str, str] | None = None) -> TypedDecoder | None:
+    """A decoder of typed records through the registry named by ``SCHEMA_REGISTRY_*``; None
+    when ``SCHEMA_REGISTRY_URL`` is unset. ValueError if the settings are invalid."""
+    environ = os.environ if environ is None else environ
+    url = (environ.get(URL_VARIABLE) or "").strip()
+    if not url:
+        return None
+    settings = RegistrySettings(
+        url=url,
+        user_info=(environ.get(USER_INFO_VARIABLE) or "").strip() or None,
+        ca_file=(environ.get(CA_FILE_VARIABLE) or "").strip() or None,
+    )
+    return TypedDecoder(schema_fetcher(settings))
+
+
 # --------------------------------------------------------------------------- the CLI
 
 
@@ -265,6 +308,7 @@ class _Tail:
     # read_committed: what a replay committed, never the records of an attempt that crashed
     # before its commit (Kafka marks those aborted; a read_uncommitted reader still sees them).
     read_committed: bool = True
+    typed: TypedDecoder | None = None  # with SCHEMA_REGISTRY_URL: typed records decoded
     count: int = 0
     started: float = field(default_factory=time.monotonic)
     consumer: Any = None
@@ -330,9 +374,9 @@ class _Tail:
 
     def _emit(self, record: Any) -> None:
         if self.fmt == "json":
-            line = format_json(record.partition, record.offset, record.key, record.headers, record.value)
+            line = format_json(record.partition, record.offset, record.key, record.headers, record.value, self.typed)
         else:
-            line = format_row(datetime.now(), record.partition, record.offset, record.key, record.value)
+            line = format_row(datetime.now(), record.partition, record.offset, record.key, record.value, self.typed)
         self._print(line)
         self.count += 1
 
@@ -377,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Follow a Kafka topic of the clickstream replay and print messages as they arrive.",
         epilog="Security settings come from KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM, "
         "KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD, KAFKA_SSL_CAFILE, KAFKA_SSL_CERTFILE and "
-        "KAFKA_SSL_KEYFILE. Exit codes: 0 stopped (limit, timeout, Ctrl-C), 1 failed while "
+        "KAFKA_SSL_KEYFILE; typed records (avro, protobuf, json_schema) are decoded through the "
+        "registry named by SCHEMA_REGISTRY_URL (SCHEMA_REGISTRY_USER_INFO, SCHEMA_REGISTRY_CA_FILE). Exit codes: 0 stopped (limit, timeout, Ctrl-C), 1 failed while "
         "following, 2 bad settings, unreachable broker or missing topic.",
     )
     parser.add_argument(
@@ -431,6 +476,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"clickstream-tail: invalid Kafka settings: {error}", file=err)
         return 2
+    try:
+        typed = registry_from_env()
+    except ValueError as error:
+        print(f"clickstream-tail: invalid schema registry settings: {error}", file=err)
+        return 2
 
     tail = _Tail(
         settings=settings,
@@ -441,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         idle_timeout_s=args.timeout,
         from_beginning=args.from_beginning,
         read_committed=not args.read_uncommitted,
+        typed=typed,
     )
     kafka_logger = logging.getLogger("kafka")
     kafka_level = kafka_logger.level
@@ -467,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _discard_stdout()
         return 0
+    except RegistryError as error:
+        print(f"clickstream-tail: {error}", file=err)
+        return 1
     except Exception as error:  # noqa: BLE001 - a consumer failure while following
         from kafka.errors import KafkaError
 

@@ -33,7 +33,7 @@ from pydantic import Field
 
 from clickstream_dagster.assets.beta_features import partitioned_asset_check
 from clickstream_dagster.assets.metadata import numeric
-from clickstream_dagster.encoding import encode_messages, replay_headers
+from clickstream_dagster.encoding import EncodedMessages, encode_messages, replay_headers
 from clickstream_dagster.checkpoints import (
     Checkpoint,
     ReplayPlan,
@@ -69,6 +69,8 @@ from clickstream_dagster.replay import (
     run_replay,
 )
 from clickstream_dagster.resources.kafka import KafkaResource
+from clickstream_dagster.resources.schema_registry import RegistryError, SchemaRegistryResource
+from clickstream_dagster.typed_encoding import TYPED_FORMATS, packaged_decoder
 from clickstream_dagster.topics import topic_name_problem, topic_name_warning
 
 REPLAY_GROUP = "replay"
@@ -92,8 +94,10 @@ class ReplayConfig(Config):
     interval_ms: float = Field(default=200.0, description="fixed pacing: milliseconds between messages")
     max_rate: float | None = Field(default=None, description="max pacing: cap in messages per second")
     limit: int | None = Field(default=None, description="send at most this many messages (smoke runs)")
-    message_format: Literal["json", "quix"] = Field(
-        default="json", description="json object, or quix: the Quix SDK's TimeseriesData envelope"
+    message_format: Literal["json", "quix", "avro", "protobuf", "json_schema"] = Field(
+        default="json",
+        description="json object, or quix: the Quix SDK's TimeseriesData envelope; avro, protobuf, "
+        "json_schema: typed records in the Confluent wire format, through the schema_registry resource",
     )
     record_timestamp: Literal["replay", "original"] = Field(
         default="replay", description="Kafka record time: the send time, or the page view's own time"
@@ -242,6 +246,29 @@ def _starting_failure(context: AssetExecutionContext, config: ReplayConfig, erro
     return Failure(f"replay of {context.partition_key} into {config.topic!r}: {error}{retried}", allow_retries=False)
 
 
+def _encoded(
+    context: AssetExecutionContext, config: ReplayConfig, events: pl.DataFrame, schema_registry: SchemaRegistryResource
+) -> EncodedMessages:
+    """The day's messages, encoded in bulk before the clock starts. A typed format asks the
+    registry once for its schema id: a registry that cannot give one fails the run here,
+    before the topic is touched."""
+    if config.message_format not in TYPED_FORMATS:
+        return encode_messages(events, config.message_format)
+    began = time.perf_counter()
+    try:
+        messages = schema_registry.encode(events, config.topic, config.message_format)
+    except RegistryError as error:
+        raise _starting_failure(context, config, error) from error
+    context.log.info(f"{len(messages)} {config.message_format} messages serialized in {time.perf_counter() - began:.3f} s")
+    return messages
+
+
+def _preview_value(value: bytes, message_format: str) -> object:
+    if message_format in TYPED_FORMATS:
+        return packaged_decoder(message_format).decode(value)
+    return value.decode()
+
+
 def _launcher_watch() -> Callable[[], str | None]:
     """A reason to stop once the process that launched this step is gone (re-parented):
     an orphaned step must not go on sending on its own."""
@@ -268,6 +295,7 @@ def click_data(
     context: AssetExecutionContext,
     config: ReplayConfig,
     kafka: KafkaResource,
+    schema_registry: SchemaRegistryResource,
     clickstream_events: pl.LazyFrame,
 ) -> Iterator[MaterializeResult]:
     day = context.partition_key
@@ -324,6 +352,9 @@ def click_data(
         # Nothing to send, and nothing said about the day: not recorded as a replay.
         context.log.info(f"limit 0: nothing sent to {config.topic!r} ({day} has {day_rows} page views)")
         return
+    messages = _encoded(context, config, events, schema_registry)
+    if injection.duplicates:
+        messages = DuplicatesAsSent(messages, injection.original_of)
     # With original timestamps, a topic that would refuse or delete them fails the run here.
     oldest_s = events["original_timestamp"].min() if config.record_timestamp == "original" else None
     try:
@@ -343,9 +374,6 @@ def click_data(
     replay_id = context.run.root_run_id or context.run.run_id
     exactly_once = config.delivery == "exactly_once"
     owner = f"{socket.gethostname()} pid {os.getpid()}"
-    messages = encode_messages(events, config.message_format)
-    if injection.duplicates:
-        messages = DuplicatesAsSent(messages, injection.original_of)
     record_ts = (events["original_timestamp"] * 1000).to_list() if config.record_timestamp == "original" else None
 
     def writer_for(plan: ReplayPlan, end_offsets: Callable[[], dict[int, int]]) -> CheckpointWriter:
@@ -434,7 +462,10 @@ def click_data(
         publisher.close()
 
     context.log.info(progress_line(progress, offsets_s))
-    preview = [{"key": key.decode(), "value": value.decode()} for key, value in progress.first_messages]
+    preview = [
+        {"key": key.decode(), "value": _preview_value(value, config.message_format)}
+        for key, value in progress.first_messages
+    ]
     resumed = {"resumed_from_run": plan.resumed.run_id} if plan.resumed is not None else {}
     yield MaterializeResult(
         metadata={
@@ -533,7 +564,9 @@ def _claim_topic(
     description="Reads the replay back from Kafka (read_committed) and confirms that every row it sent "
     "is there exactly once, each visitor's page views in their original order.",
 )
-def delivered_exactly_once(context: AssetCheckExecutionContext, kafka: KafkaResource) -> AssetCheckResult:
+def delivered_exactly_once(
+    context: AssetCheckExecutionContext, kafka: KafkaResource, schema_registry: SchemaRegistryResource
+) -> AssetCheckResult:
     day = context.partition_key
     run = context.instance.get_run_by_id(context.run.run_id)
     topic = run.tags.get(TOPIC_TAG, DEFAULT_TOPIC)
@@ -549,12 +582,16 @@ def delivered_exactly_once(context: AssetCheckExecutionContext, kafka: KafkaReso
         return AssetCheckResult(passed=False, metadata={"reason": f"the replay did not finish: {state}"})
     checkpoint = mine[0]
     records = kafka.read_back(topic, dict(checkpoint.start_offsets))
-    found = verify_replay(
-        ((r.partition, r.offset, r.key, dict(r.headers or ()), r.value) for r in records),
-        day=day,
-        run_ids=checkpoint.run_ids,
-        expected_rows=checkpoint.next_row,
-    )
+    try:
+        found = verify_replay(
+            ((r.partition, r.offset, r.key, dict(r.headers or ()), r.value) for r in records),
+            day=day,
+            run_ids=checkpoint.run_ids,
+            expected_rows=checkpoint.next_row,
+            typed=schema_registry.decoder(),
+        )
+    except RegistryError as error:
+        return AssetCheckResult(passed=False, metadata={"reason": f"could not decode the records: {error}"})
     return AssetCheckResult(
         passed=found.passed,
         metadata={

@@ -28,6 +28,7 @@ from clickstream_dagster.kafka_client import CheckpointsIncomplete, KafkaPublish
 from clickstream_dagster.librdkafka_client import LibrdkafkaPublisher
 from clickstream_dagster.replay import ProducerFenced
 from clickstream_dagster.resources.kafka import KafkaResource
+from clickstream_dagster.resources.schema_registry import SchemaRegistryResource
 from clickstream_dagster.resources.log_file import ClickstreamLogFile
 from clickstream_dagster.resources.parquet import DailyParquetIOManager
 from clickstream_dagster.sensors import replay_watchdog
@@ -172,7 +173,7 @@ def materialize_replay(prepared, kafka: KafkaResource, day: str = DAY, instance=
     return materialize(
         [prepare.clickstream_events, replay.click_data, replay.delivered_exactly_once],
         selection=[replay.click_data, replay.delivered_exactly_once],
-        resources=prepared | {"kafka": kafka},
+        resources=prepared | {"kafka": kafka, "schema_registry": SchemaRegistryResource()},
         partition_key=day,
         instance=instance,
         run_config={"ops": {"click_data": {"config": config}}},

@@ -18,6 +18,7 @@ from clickstream_dagster.assets import prepare, replay
 from clickstream_dagster.kafka_client import KafkaSettings, read_committed_since, stable_end_offsets
 from clickstream_dagster.generator import write_log
 from clickstream_dagster.resources.kafka import KafkaResource
+from clickstream_dagster.resources.schema_registry import SchemaRegistryResource
 from clickstream_dagster.resources.log_file import ClickstreamLogFile
 from clickstream_dagster.resources.parquet import DailyParquetIOManager
 
@@ -63,7 +64,10 @@ def client(request):
 
 
 def run_replay(prepared, bootstrap, instance, day=DAY, client="kafka-python", **config):
-    resources = prepared | {"kafka": KafkaResource(bootstrap_servers=bootstrap, connect_timeout_s=10, client=client)}
+    resources = prepared | {
+        "kafka": KafkaResource(bootstrap_servers=bootstrap, connect_timeout_s=10, client=client),
+        "schema_registry": SchemaRegistryResource(),
+    }
     return materialize(
         [prepare.clickstream_events, replay.click_data],
         selection=[replay.click_data],
@@ -299,7 +303,7 @@ def test_dry_run_sends_nothing_and_reports_the_expected_duration(prepared, kafka
 
 def test_a_dead_broker_fails_the_run_naming_the_servers(prepared, dagster_instance, local_kafka):
     dead = f"127.0.0.1:{local_kafka.free_port()}"
-    resources = prepared | {"kafka": KafkaResource(bootstrap_servers=dead, connect_timeout_s=3)}
+    resources = prepared | {"kafka": KafkaResource(bootstrap_servers=dead, connect_timeout_s=3), "schema_registry": SchemaRegistryResource()}
     result = materialize(
         [prepare.clickstream_events, replay.click_data], selection=[replay.click_data], resources=resources,
         instance=dagster_instance, partition_key=DAY, raise_on_error=False,

@@ -23,6 +23,7 @@ from dagster import materialize
 from clickstream_dagster.assets import prepare, replay
 from clickstream_dagster.generator import write_log
 from clickstream_dagster.resources.kafka import KafkaResource
+from clickstream_dagster.resources.schema_registry import SchemaRegistryResource
 from clickstream_dagster.resources.log_file import ClickstreamLogFile
 from clickstream_dagster.resources.parquet import DailyParquetIOManager
 from clickstream_dagster_tests.kafka_fixtures import REPO_ROOT
@@ -61,7 +62,7 @@ def run_replay(prepared, instance, kafka: KafkaResource, *, check: bool = False,
     result = materialize(
         [prepare.clickstream_events, *steps],
         selection=steps,
-        resources=prepared | {"kafka": kafka},
+        resources=prepared | {"kafka": kafka, "schema_registry": SchemaRegistryResource()},
         instance=instance,
         partition_key=DAY,
         run_config={"ops": {"click_data": {"config": {"pacing": "max", "progress_interval_s": 0.5} | config}}},
