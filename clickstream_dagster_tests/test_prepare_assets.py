@@ -187,12 +187,17 @@ def test_a_failed_write_leaves_the_previous_day_file_and_no_temporary(log, tmp_p
 def test_replaying_a_day_not_prepared_fails_once_naming_the_day_storage_and_command(log, tmp_path, dagster_instance):
     from clickstream_dagster.assets import replay
     from clickstream_dagster.resources.kafka import KafkaResource
+    from clickstream_dagster.resources.schema_registry import SchemaRegistryResource
 
     path, _ = log
     result = materialize(
         [prepare.clickstream_events, replay.click_data],
         selection=[replay.click_data],
-        resources={**resources(path, tmp_path), "kafka": KafkaResource(bootstrap_servers="127.0.0.1:1")},
+        resources={
+            **resources(path, tmp_path),
+            "kafka": KafkaResource(bootstrap_servers="127.0.0.1:1"),
+            "schema_registry": SchemaRegistryResource(),
+        },
         instance=dagster_instance,
         partition_key="2012-03-05",
         raise_on_error=False,
