@@ -13,10 +13,12 @@ the next row of the day to send, so a crashed replay resumes exactly where it st
 from __future__ import annotations
 
 import contextlib
+import signal
 import statistics
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -449,6 +451,42 @@ def run_replay(
     finally:
         progress.elapsed_s = clock() - start
     return progress
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def first_stop_signal_only() -> Iterator[None]:
+    """While inside, the first SIGINT or SIGTERM interrupts as its handler always did; any later
+    one is ignored, so the stop that follows (abort, stop checkpoint, the stop line) completes.
+
+    Ctrl-C reaches a step process twice: from the terminal (SIGINT to the whole process group)
+    and, moments later, forwarded by Dagster's multiprocess executor. The second one used to land
+    inside the first one's clean-up, and the step died without a word. The stop is bounded
+    anyway (``close_timeout_s``). Only Python-level handlers are wrapped, in the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    originals = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    stopping = False
+
+    def first_only(signum, frame) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        originals[signum](signum, frame)
+
+    wrapped = [signum for signum, handler in originals.items() if callable(handler)]
+    for signum in wrapped:
+        signal.signal(signum, first_only)
+    try:
+        yield
+    finally:
+        for signum in wrapped:
+            signal.signal(signum, originals[signum])
 
 
 # Max pacing: messages sent between two clock reads, delivery checks, commit checks and
