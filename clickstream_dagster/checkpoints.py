@@ -91,6 +91,20 @@ class TopicBusy(RuntimeError):
         super().__init__(f"topic {holder.topic!r} is being written by {holder.describe(now_ms)}")
 
 
+class UnfinishedReplay(RuntimeError):
+    """The day's last replay into the topic did not finish, and the launch chose neither to
+    resume nor to restart it: replaying from the first row would send its rows twice."""
+
+    def __init__(self, unfinished: Checkpoint, now_ms: int):
+        self.unfinished = unfinished
+        super().__init__(
+            f"the last replay of {unfinished.day} into {unfinished.topic!r} did not finish: "
+            f"{unfinished.describe(now_ms)}, so its first {unfinished.next_row} rows are in the topic already. "
+            "Launch with resume: true to send the rest (each row once), or with restart: true to replay "
+            "the whole day again (those rows a second time); nothing was sent"
+        )
+
+
 @dataclass(frozen=True)
 class ReplayPlan:
     start_row: int  # 0, or where the resumed replay continues
@@ -106,14 +120,18 @@ def plan_replay(
     resume: bool,
     now_ms: int,
     lease_s: float,
+    restart: bool = False,
 ) -> ReplayPlan:
     """Where this replay starts, or ``TopicBusy`` if another live replay holds the topic.
 
     - The same replay (a re-execution or retry of the run that started it) always continues
       from its last checkpoint, taking over from any zombie of an earlier attempt.
-    - A fresh launch starts from the first row, unless ``resume``: then it continues the day's
-      last unfinished replay into this topic, or starts fresh when there is none.
+    - A fresh launch after a finished replay of the day (or none) starts from the first row.
+    - A fresh launch after an unfinished one: ``resume`` continues it, ``restart`` starts from
+      the first row anyway; with neither, ``UnfinishedReplay``: no silent duplicates.
     """
+    if resume and restart:
+        raise ValueError("resume and restart exclude each other: choose one")
     mine = None
     for checkpoint in checkpoints:
         if checkpoint.topic != topic:
@@ -126,6 +144,9 @@ def plan_replay(
         return ReplayPlan(start_row=0, resumed=None)
     if mine.replay_id == replay_id or (resume and mine.status != ReplayStatus.FINISHED):
         return ReplayPlan(start_row=mine.next_row, resumed=mine)
+    # (one that committed no row yet left nothing to send twice)
+    if mine.status != ReplayStatus.FINISHED and mine.next_row > 0 and not restart:
+        raise UnfinishedReplay(mine, now_ms)
     return ReplayPlan(start_row=0, resumed=None)
 
 

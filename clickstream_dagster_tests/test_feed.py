@@ -22,7 +22,7 @@ from clickstream_dagster.partitions import clickstream_days
 from clickstream_dagster.sensors import REPLAY_FEED, replay_feed, topic_runs_one_at_a_time
 
 DAYS = clickstream_days.get_partition_keys()
-KEYS = {"topic", "pacing", "speed", "limit", "max_delay_s"}
+KEYS = {"topic", "pacing", "speed", "limit", "max_delay_s", "resume", "restart"}
 PROJECT_DAGSTER_YAML = Path(__file__).resolve().parents[1] / ".dagster_home" / "dagster.yaml"
 
 
@@ -112,6 +112,7 @@ def test_settings_default_to_original_timing_at_speed_one_into_click_data():
         "topic": "click-data",
         "pacing": "original",
         "speed": 1.0,
+        "restart": True,  # a day that comes round again is played whole
     }
 
 
@@ -125,9 +126,15 @@ def test_settings_from_the_environment():
         "topic": "feed",
         "pacing": "original",
         "speed": 50.0,
+        "restart": True,
         "limit": 20,
         "max_delay_s": 2,
     }
+
+
+def test_a_feed_configured_to_resume_unfinished_days_does_not_also_restart_them():
+    config = feed_run_config({"REPLAY_FEED_CONFIG": '{"resume": true}'}, KEYS, "click-data")
+    assert config["resume"] is True and "restart" not in config
 
 
 @pytest.mark.parametrize(
@@ -185,7 +192,7 @@ def test_a_restarted_daemon_goes_on_after_the_last_day_played(queued_instance):
         "clickstream/day": "2012-03-05",
     }
     assert request.run_config == {
-        "ops": {"click_data": {"config": {"topic": "click-data", "pacing": "original", "speed": 1.0}}}
+        "ops": {"click_data": {"config": {"topic": "click-data", "pacing": "original", "speed": 1.0, "restart": True}}}
     }
     assert json.loads(result.cursor) == {"reported": last}
 

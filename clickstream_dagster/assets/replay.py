@@ -38,6 +38,7 @@ from clickstream_dagster.checkpoints import (
     ReplayPlan,
     ReplayStatus,
     TopicBusy,
+    UnfinishedReplay,
     plan_replay,
     transactional_id,
 )
@@ -52,6 +53,7 @@ from clickstream_dagster.replay import (
     ReplayProgress,
     ReplayStopped,
     ReplayTiming,
+    first_stop_signal_only,
     progress_line,
     run_replay,
 )
@@ -99,6 +101,11 @@ class ReplayConfig(Config):
         default=False,
         description="continue the last unfinished replay of this day into this topic (a re-execution always does)",
     )
+    restart: bool = Field(
+        default=False,
+        description="replay the whole day even though its last replay into this topic did not finish "
+        "(its committed rows arrive twice); without resume or restart such a launch fails, sending nothing",
+    )
     wait_for_topic_s: float = Field(
         default=3600.0, description="while another replay holds the topic, wait this long, then fail naming it"
     )
@@ -124,6 +131,8 @@ def _validated(config: ReplayConfig) -> Pacing:
         value = getattr(config, name)
         if not (math.isfinite(value) and value >= 0):
             problems.append(f"{name}={value!r}: expected a number >= 0")
+    if config.resume and config.restart:
+        problems.append("resume and restart are both true: choose one")
     if config.limit is not None and config.limit < 0:
         problems.append(f"limit={config.limit}: expected >= 0")
     try:
@@ -171,6 +180,7 @@ def _plan(kafka: KafkaResource, config: ReplayConfig, day: str, replay_id: str) 
         day=day,
         replay_id=replay_id,
         resume=config.resume,
+        restart=config.restart,
         now_ms=time.time_ns() // 1_000_000,
         lease_s=kafka.lease_s,
     )
@@ -332,50 +342,53 @@ def click_data(
         f"{config.topic!r} at {kafka.bootstrap_servers} ({pacing.describe()}, {config.message_format}, "
         f"{config.delivery})" + (" — topic created" if created else "")
     )
-    try:
-        run_replay(
-            messages,
-            offsets_s,
-            publisher,
-            start_row=plan.start_row,
-            checkpoint=checkpoint,
-            record_timestamps_ms=record_ts,
-            progress=progress,
-            on_progress=lambda p: context.log.info(progress_line(p, offsets_s)),
-            should_stop=_launcher_watch(),
-            paced=pacing.is_paced,
-            timing=ReplayTiming(progress_every_s=config.progress_interval_s, delivery_timeout_s=kafka.delivery_timeout_s),
-        )
-    except (DeliveryError, BrokerUnavailable, ReplayStopped) as caught:
-        # A message the broker refused for a missing ACL: say which, and do not retry.
-        error = caught
-        if not isinstance(caught, NotAuthorized):
-            error = kafka.settings().not_authorized(caught, f"sending to {config.topic!r}") or caught
-        doubt = f", {progress.in_doubt} more in a commit the broker never confirmed" if progress.in_doubt else ""
-        message = (
-            f"replay of {day} into {config.topic!r} at {kafka.bootstrap_servers} failed: {error}. "
-            f"{progress.delivered} messages delivered by this attempt ({progress.acked} acknowledged{doubt}); "
-            f"committed through row {progress.next_row} of {len(messages)}."
-        )
-        transient = not isinstance(error, ReplayStopped | ProducerFenced | NotAuthorized)
-        if transient and context.retry_number < STEP_RETRIES:
-            # Safe since checkpoints: the retry resumes from the last committed row.
-            context.log.warning(f"{message} Retrying (attempt {context.retry_number + 2} of {STEP_RETRIES + 1}).")
-            raise RetryRequested(max_retries=STEP_RETRIES, seconds_to_wait=5 * 2**context.retry_number) from error
-        raise Failure(
-            f"{message} Re-execute the run (or launch with resume: true) to continue from there.",
-            metadata={**settings, **_report(progress)},
-            allow_retries=False,
-        ) from error
-    except BaseException:
-        # Terminated from the UI (DagsterExecutionInterruptedError) or crashed: say how far it got.
-        context.log.warning(f"replay of {day} stopped: {progress_line(progress, offsets_s)}")
-        context.log_event(
-            AssetObservation(asset_key=context.asset_key, partition=day, metadata={**settings, **_report(progress)})
-        )
-        raise
-    finally:
-        publisher.close()
+    # Ctrl-C signals the step twice (the terminal, then Dagster forwarding it): the second must
+    # not cut the first one's stop short.
+    with first_stop_signal_only():
+        try:
+            run_replay(
+                messages,
+                offsets_s,
+                publisher,
+                start_row=plan.start_row,
+                checkpoint=checkpoint,
+                record_timestamps_ms=record_ts,
+                progress=progress,
+                on_progress=lambda p: context.log.info(progress_line(p, offsets_s)),
+                should_stop=_launcher_watch(),
+                paced=pacing.is_paced,
+                timing=ReplayTiming(progress_every_s=config.progress_interval_s, delivery_timeout_s=kafka.delivery_timeout_s),
+            )
+        except (DeliveryError, BrokerUnavailable, ReplayStopped) as caught:
+            # A message the broker refused for a missing ACL: say which, and do not retry.
+            error = caught
+            if not isinstance(caught, NotAuthorized):
+                error = kafka.settings().not_authorized(caught, f"sending to {config.topic!r}") or caught
+            doubt = f", {progress.in_doubt} more in a commit the broker never confirmed" if progress.in_doubt else ""
+            message = (
+                f"replay of {day} into {config.topic!r} at {kafka.bootstrap_servers} failed: {error}. "
+                f"{progress.delivered} messages delivered by this attempt ({progress.acked} acknowledged{doubt}); "
+                f"committed through row {progress.next_row} of {len(messages)}."
+            )
+            transient = not isinstance(error, ReplayStopped | ProducerFenced | NotAuthorized)
+            if transient and context.retry_number < STEP_RETRIES:
+                # Safe since checkpoints: the retry resumes from the last committed row.
+                context.log.warning(f"{message} Retrying (attempt {context.retry_number + 2} of {STEP_RETRIES + 1}).")
+                raise RetryRequested(max_retries=STEP_RETRIES, seconds_to_wait=5 * 2**context.retry_number) from error
+            raise Failure(
+                f"{message} Re-execute the run (or launch with resume: true) to continue from there.",
+                metadata={**settings, **_report(progress)},
+                allow_retries=False,
+            ) from error
+        except BaseException:
+            # Terminated from the UI (DagsterExecutionInterruptedError) or crashed: say how far it got.
+            context.log.warning(f"replay of {day} stopped: {progress_line(progress, offsets_s)}")
+            context.log_event(
+                AssetObservation(asset_key=context.asset_key, partition=day, metadata={**settings, **_report(progress)})
+            )
+            raise
+        finally:
+            publisher.close()
 
     context.log.info(progress_line(progress, offsets_s))
     preview = [{"key": key.decode(), "value": value.decode()} for key, value in progress.first_messages]
@@ -412,7 +425,7 @@ def _claim_topic(
     while True:
         try:
             _wait_for_topic(context, kafka, config, replay_id)
-        except BrokerUnavailable as error:
+        except (BrokerUnavailable, UnfinishedReplay) as error:
             raise _starting_failure(context, config, error) from error
         try:
             publisher = kafka.publisher(
@@ -431,6 +444,9 @@ def _claim_topic(
         except TopicBusy as busy:
             publisher.close()
             context.log.info(f"another replay claimed the topic at the same moment; backing off: {busy}")
+        except UnfinishedReplay as error:  # another launch left the day unfinished meanwhile
+            publisher.close()
+            raise _starting_failure(context, config, error) from error
         except (DeliveryError, BrokerUnavailable) as error:
             publisher.close()
             raise Failure(

@@ -3,6 +3,7 @@ second writer. Every claim is checked by reading the topic back with read_commit
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -218,6 +219,80 @@ def test_a_zombie_producer_is_fenced_when_the_next_attempt_starts(kafka_bootstra
     successor.commit(b"zombie-test", b"{}", 10)
     successor.close(5)
     assert [json.loads(r.value)["n"] for r in read_committed(kafka_bootstrap_servers, topic, settle_s=1)] == [1, 4]
+
+
+# The stop line every stopped replay logs, with its counts as the progress lines say them.
+STOP_LINE = re.compile(r"replay of (\S+) stopped: (\d+)/(\d+) delivered")
+
+
+def stop_cli_replay(process: subprocess.Popen, how: str) -> None:
+    """Stop a ``cli_replay`` as people do: Ctrl-C in its terminal (SIGINT to the whole
+    foreground process group: the launcher and its step process), or SIGTERM to the launcher."""
+    if how == "ctrl-c":
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        os.kill(process.pid, signal.SIGTERM)
+
+
+def failure_messages(result) -> list[str]:
+    return [e.event_specific_data.error.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_stopped_command_line_replay_reports_what_it_delivered_and_going_on_needs_a_choice(
+    prepared, kafka_bootstrap_servers, topic, tmp_path, dagster_instance, how
+):
+    """Every stop reports: the stop line's count is what a read_committed consumer finds, and
+    the checkpoint says stopped there. Then a launch that neither resumes nor restarts fails,
+    sending nothing; resume completes the day with every row once, restart replays it whole."""
+    rows = day_rows(prepared)
+    home = tmp_path / "home"
+    process = cli_replay(prepared, kafka_bootstrap_servers, home, topic=topic, pacing="fixed", interval_ms=10)
+    try:
+        wait_for(lambda: (c := checkpoint_of(kafka_bootstrap_servers, topic)) and c.next_row >= 400, 120,
+                 "400 committed rows", details=lambda: replay_logs(home))
+        stop_cli_replay(process, how)
+        process.wait(90)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+    # The run's own log, as the UI shows it. (On the terminal, Dagster's mirror of the step's
+    # output, a `tail` in the same process group, dies with Ctrl-C itself.)
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+        [run] = instance.get_runs()
+        logged = [entry.user_message for entry in instance.all_logs(run.run_id)]
+        failed_step = [e for e in instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_FAILURE)]
+    stops = [m for m in logged if STOP_LINE.search(m)]
+    assert len(stops) == 1, "expected one stop line in the run's log\n" + "\n".join(logged[-30:]) + replay_logs(home)
+    assert [e.step_key for e in failed_step] == ["click_data"]
+    day, delivered, total = STOP_LINE.search(stops[0]).groups()
+    delivered, total = int(delivered), int(total)
+    assert (day, total) == (DAY, rows.height) and 0 < delivered < total, stops
+    committed = read_committed(kafka_bootstrap_servers, topic, settle_s=1)
+    assert len(committed) == delivered
+    stopped = checkpoint_of(kafka_bootstrap_servers, topic)
+    assert (stopped.status, stopped.next_row) == (ReplayStatus.STOPPED, delivered)
+
+    kafka = KafkaResource(bootstrap_servers=kafka_bootstrap_servers)
+    before = kafka.end_offsets(topic)
+    plain = materialize_replay(prepared, kafka, instance=dagster_instance, topic=topic, pacing="max")
+    assert not plain.success
+    [refusal] = failure_messages(plain)
+    assert f"run {stopped.run_id[:8]}" in refusal and f"at row {delivered}/{total}" in refusal
+    assert "resume: true" in refusal and "restart: true" in refusal
+    assert kafka.end_offsets(topic) == before, "the refused launch sent something"
+
+    choice = "resume" if how == "ctrl-c" else "restart"
+    again = materialize_replay(prepared, kafka, instance=dagster_instance, topic=topic, pacing="max", **{choice: True})
+    assert again.success
+    records = read_committed(kafka_bootstrap_servers, topic, settle_s=1)
+    if choice == "resume":
+        assert_every_row_exactly_once(records, rows)
+    else:  # the whole day again, each row once from the restarted replay
+        assert len(records) == delivered + rows.height
+        assert_every_row_exactly_once([r for r in records if dict(r.headers)["dagster_run_id"].decode() == again.run_id], rows)
+    assert checkpoint_of(kafka_bootstrap_servers, topic).status == ReplayStatus.FINISHED
 
 
 class _SignalAt:
