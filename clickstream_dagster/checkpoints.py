@@ -47,6 +47,12 @@ class Checkpoint:
     # rows of it: what a read-back of the replay reads, and whose messages it counts.
     start_offsets: tuple[tuple[int, int], ...] = ()
     run_ids: tuple[str, ...] = ()
+    # The attempts of run_id so far (step retries), and how long its replay delivered nothing
+    # between a failed attempt's last delivery and the next attempt's start: a run's report
+    # covers every attempt. progress_ms: the writer's wall clock when it last delivered rows.
+    attempt: int = 1
+    stall_ms: int = 0
+    progress_ms: int = 0
 
     @property
     def key(self) -> bytes:
@@ -148,6 +154,17 @@ def plan_replay(
     if mine.status != ReplayStatus.FINISHED and mine.next_row > 0 and not restart:
         raise UnfinishedReplay(mine, now_ms)
     return ReplayPlan(start_row=0, resumed=None)
+
+
+def next_attempt(resumed: Checkpoint | None, run_id: str, now_ms: int) -> tuple[int, int]:
+    """(this attempt's number within ``run_id``, the run's stall so far in ms) for an attempt that
+    starts now from ``resumed``: counting on from an earlier attempt of the same run, the time since
+    that one last delivered (its failure, the retry's wait and start) added to the stall. Another
+    run (a re-execution, a resume) counts its own attempts."""
+    if resumed is None or resumed.run_id != run_id:
+        return 1, 0
+    last_delivered_ms = resumed.progress_ms or resumed.heartbeat_ms
+    return resumed.attempt + 1, resumed.stall_ms + max(now_ms - last_delivered_ms, 0)
 
 
 def abandoned_reason(

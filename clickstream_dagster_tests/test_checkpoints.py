@@ -10,6 +10,7 @@ from clickstream_dagster.checkpoints import (
     TopicBusy,
     UnfinishedReplay,
     abandoned_reason,
+    next_attempt,
     plan_replay,
     transactional_id,
 )
@@ -147,3 +148,16 @@ def test_a_run_taken_over_by_a_later_attempt_is_abandoned_once_silent():
     assert abandoned(later, run_quiet_s=10) is None  # a live fenced run still reports its failure
     reason = abandoned(later, run_quiet_s=45)
     assert reason is not None and "(run run-A2) took its replay over" in reason
+
+
+def test_an_attempt_counts_on_from_an_earlier_attempt_of_its_run_adding_the_time_nothing_was_delivered():
+    first = replace(checkpoint(next_row=300, status=ReplayStatus.STOPPED), progress_ms=NOW - 39_000, heartbeat_ms=NOW - 20_000)
+    assert next_attempt(first, "run-A", NOW) == (2, 39_000)  # from its last delivery, not its stop
+    second = replace(first, attempt=2, stall_ms=39_000, progress_ms=NOW - 4_000)
+    assert next_attempt(second, "run-A", NOW) == (3, 43_000)
+    assert Checkpoint.from_bytes(second.to_bytes()) == second
+
+
+def test_another_run_counts_its_own_attempts():
+    assert next_attempt(None, "run-B", NOW) == (1, 0)
+    assert next_attempt(replace(checkpoint(), attempt=3, stall_ms=5_000), "run-B", NOW) == (1, 0)  # a resume, a re-execution

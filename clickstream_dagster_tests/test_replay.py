@@ -291,6 +291,10 @@ def test_exactly_once_commits_before_each_wait_so_what_was_sent_is_readable_at_o
     # Delivered = committed: 10 ms after each message's send.
     assert figures["delivery_latency_p50_ms"] == pytest.approx(10)
     assert progress.commits == 3 and figures["commit_p50_ms"] == pytest.approx(10)
+    # After earlier attempts stalled for 39 s, the rows are due on the first attempt's schedule.
+    stalled = progress.figures_ms(stall_s=39.0)
+    assert stalled["delivery_latency_p50_ms"] == pytest.approx(39_010)
+    assert stalled["lateness_max_ms"] == figures["lateness_max_ms"]  # the hand-off, this attempt
 
 
 def test_a_wait_too_short_for_a_commit_is_not_spent_committing():

@@ -39,6 +39,7 @@ from clickstream_dagster.checkpoints import (
     ReplayStatus,
     TopicBusy,
     UnfinishedReplay,
+    next_attempt,
     plan_replay,
     transactional_id,
 )
@@ -155,9 +156,14 @@ def _offsets_table(progress: ReplayProgress) -> MetadataValue:
     return MetadataValue.table(records=records, schema=schema)
 
 
-def _report(progress: ReplayProgress) -> dict:
+def _report(progress: ReplayProgress, attempts: dict) -> dict:
+    """The figures of this attempt, and of the run's attempts so far (``attempts``: this one's
+    number and the run's stall before it, in ms): latencies count the stall."""
+    stall_s = attempts["stall_ms"] / 1000
     figures = {
         "messages": progress.delivered,  # readable by a read_committed consumer, this attempt
+        "attempts": attempts["attempt"],
+        "stall_s": round(stall_s, 3),
         "acked": progress.acked,
         "bytes": progress.acked_bytes,
         "start_row": progress.start_row,
@@ -168,7 +174,7 @@ def _report(progress: ReplayProgress) -> dict:
     }
     if progress.in_doubt:
         figures["in_doubt"] = progress.in_doubt
-    figures |= {k: round(v, 3) for k, v in progress.figures_ms().items()}
+    figures |= {k: round(v, 3) for k, v in progress.figures_ms(stall_s).items()}
     return {**numeric(figures), "kafka_offsets": _offsets_table(progress)}
 
 
@@ -306,16 +312,26 @@ def click_data(
     messages = encode_messages(events, config.message_format)
     record_ts = (events["original_timestamp"] * 1000).to_list() if config.record_timestamp == "original" else None
 
+    # This attempt's number in the run and the run's stall so far: set when the topic is claimed.
+    attempts = {"attempt": 1, "stall_ms": 0}
+
     def writer_for(plan: ReplayPlan, end_offsets: Callable[[], dict[int, int]]) -> CheckpointWriter:
-        """Checkpoints of this replay: a resumed one keeps where it began and who wrote it."""
+        """Checkpoints of this replay: a resumed one keeps where it began and who wrote it, and
+        an earlier attempt of this run what it went through."""
         resumed = plan.resumed
         if resumed is not None and resumed.start_offsets:
             start_offsets = resumed.start_offsets
             run_ids = tuple(dict.fromkeys((*resumed.run_ids, context.run.run_id)))
         else:
             start_offsets, run_ids = tuple(sorted(end_offsets().items())), (context.run.run_id,)
+        now_ms = time.time_ns() // 1_000_000
+        attempts["attempt"], attempts["stall_ms"] = next_attempt(resumed, context.run.run_id, now_ms)
+        delivered = {"next_row": plan.start_row, "at_ms": now_ms}
 
         def checkpoint(next_row: int, status: ReplayStatus) -> tuple[bytes, bytes]:
+            now_ms = time.time_ns() // 1_000_000
+            if next_row > delivered["next_row"]:
+                delivered.update(next_row=next_row, at_ms=now_ms)
             record = Checkpoint(
                 topic=config.topic,
                 day=day,
@@ -324,10 +340,13 @@ def click_data(
                 next_row=next_row,
                 total=len(messages),
                 status=status,
-                heartbeat_ms=time.time_ns() // 1_000_000,
+                heartbeat_ms=now_ms,
                 owner=owner,
                 start_offsets=start_offsets,
                 run_ids=run_ids,
+                attempt=attempts["attempt"],
+                stall_ms=attempts["stall_ms"],
+                progress_ms=delivered["at_ms"],
             )
             return record.key, record.to_bytes()
 
@@ -344,6 +363,7 @@ def click_data(
     )
     # Ctrl-C signals the step twice (the terminal, then Dagster forwarding it): the second must
     # not cut the first one's stop short.
+    closing_s = kafka.close_timeout_s
     with first_stop_signal_only():
         try:
             run_replay(
@@ -370,25 +390,35 @@ def click_data(
                 f"{progress.delivered} messages delivered by this attempt ({progress.acked} acknowledged{doubt}); "
                 f"committed through row {progress.next_row} of {len(messages)}."
             )
+            closing_s = 0.0  # the replay aborted and flushed already: nothing left worth waiting for
             transient = not isinstance(error, ReplayStopped | ProducerFenced | NotAuthorized)
             if transient and context.retry_number < STEP_RETRIES:
-                # Safe since checkpoints: the retry resumes from the last committed row.
-                context.log.warning(f"{message} Retrying (attempt {context.retry_number + 2} of {STEP_RETRIES + 1}).")
-                raise RetryRequested(max_retries=STEP_RETRIES, seconds_to_wait=5 * 2**context.retry_number) from error
+                # Retry only a cluster that answers again, asked for what is left of connect_timeout_s
+                # after the stop itself: a dead one fails the run within delivery + connect timeouts.
+                gone = kafka.unreachable(config.topic, kafka.connect_timeout_s - progress.cleanup_s)
+                if gone is None:
+                    # Safe since checkpoints: the retry resumes from the last committed row.
+                    wait_s = 5 * 2**context.retry_number
+                    context.log.warning(
+                        f"{message} The cluster answers: retrying in {wait_s} s as attempt {context.retry_number + 2} "
+                        f"of {STEP_RETRIES + 1}, from row {progress.next_row}."
+                    )
+                    raise RetryRequested(max_retries=STEP_RETRIES, seconds_to_wait=wait_s) from error
+                message += f" Not retried: {gone}."
             raise Failure(
                 f"{message} Re-execute the run (or launch with resume: true) to continue from there.",
-                metadata={**settings, **_report(progress)},
+                metadata={**settings, **_report(progress, attempts)},
                 allow_retries=False,
             ) from error
         except BaseException:
             # Terminated from the UI (DagsterExecutionInterruptedError) or crashed: say how far it got.
             context.log.warning(f"replay of {day} stopped: {progress_line(progress, offsets_s)}")
             context.log_event(
-                AssetObservation(asset_key=context.asset_key, partition=day, metadata={**settings, **_report(progress)})
+                AssetObservation(asset_key=context.asset_key, partition=day, metadata={**settings, **_report(progress, attempts)})
             )
             raise
         finally:
-            publisher.close()
+            publisher.close(closing_s)
 
     context.log.info(progress_line(progress, offsets_s))
     preview = [{"key": key.decode(), "value": value.decode()} for key, value in progress.first_messages]
@@ -396,7 +426,7 @@ def click_data(
     yield MaterializeResult(
         metadata={
             **settings,
-            **_report(progress),
+            **_report(progress, attempts),
             **resumed,
             "replay_id": replay_id,
             "day_rows": MetadataValue.int(day_rows),

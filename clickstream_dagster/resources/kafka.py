@@ -7,6 +7,7 @@ from pydantic import Field
 
 from clickstream_dagster.checkpoints import DEFAULT_CHECKPOINT_TOPIC, Checkpoint
 from clickstream_dagster.kafka_client import (
+    BrokerUnavailable,
     KafkaPublisher,
     KafkaSettings,
     ConsumerRecord,
@@ -14,6 +15,7 @@ from clickstream_dagster.kafka_client import (
     ensure_topic,
     read_checkpoints,
     read_committed_since,
+    unreachable,
 )
 
 
@@ -108,6 +110,10 @@ class KafkaResource(ConfigurableResource):
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         return end_offsets(self.settings(), topic)
+
+    def unreachable(self, topic: str, timeout_s: float) -> BrokerUnavailable | None:
+        """None if the cluster answers about ``topic`` within ``timeout_s`` (at least 1 s), else why not."""
+        return unreachable(self.settings(), topic, max(timeout_s, 1.0))
 
     def read_back(self, topic: str, start_offsets: dict[int, int]) -> list[ConsumerRecord]:
         """What a read_committed consumer finds in ``topic`` from ``start_offsets`` on."""
