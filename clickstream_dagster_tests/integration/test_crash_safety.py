@@ -263,11 +263,17 @@ def test_a_stopped_command_line_replay_reports_what_it_delivered_and_going_on_ne
         [run] = instance.get_runs()
         logged = [entry.user_message for entry in instance.all_logs(run.run_id)]
         failed_step = [e for e in instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_FAILURE)]
+        observed = [
+            e.dagster_event.event_specific_data.asset_observation
+            for e in instance.all_logs(run.run_id, of_type=DagsterEventType.ASSET_OBSERVATION)
+        ]
     stops = [m for m in logged if STOP_LINE.search(m)]
     assert len(stops) == 1, "expected one stop line in the run's log\n" + "\n".join(logged[-30:]) + replay_logs(home)
     assert [e.step_key for e in failed_step] == ["click_data"]
     day, delivered, total = STOP_LINE.search(stops[0]).groups()
     delivered, total = int(delivered), int(total)
+    [observation] = observed  # the stop's figures, as the UI shows them on the asset
+    assert observation.metadata["messages"].value == delivered
     assert (day, total) == (DAY, rows.height) and 0 < delivered < total, stops
     committed = read_committed(kafka_bootstrap_servers, topic, settle_s=1)
     assert len(committed) == delivered
