@@ -113,7 +113,7 @@ class KafkaResource(ConfigurableResource):
 
     def unreachable(self, topic: str, timeout_s: float) -> BrokerUnavailable | None:
         """None if the cluster answers about ``topic`` within ``timeout_s`` (at least 1 s), else why not."""
-        return unreachable(self.settings(), topic, max(timeout_s, 1.0))
+        return unreachable(self.settings(), topic, max(round(timeout_s, 1), 1.0))
 
     def read_back(self, topic: str, start_offsets: dict[int, int]) -> list[ConsumerRecord]:
         """What a read_committed consumer finds in ``topic`` from ``start_offsets`` on."""
