@@ -47,6 +47,12 @@ class Checkpoint:
     # rows of it: what a read-back of the replay reads, and whose messages it counts.
     start_offsets: tuple[tuple[int, int], ...] = ()
     run_ids: tuple[str, ...] = ()
+    # The attempts of run_id so far (step retries), and how long its replay delivered nothing
+    # between a failed attempt's last delivery and the next attempt's start: a run's report
+    # covers every attempt. progress_ms: the writer's wall clock when it last delivered rows.
+    attempt: int = 1
+    stall_ms: int = 0
+    progress_ms: int = 0
 
     @property
     def key(self) -> bytes:
@@ -91,6 +97,20 @@ class TopicBusy(RuntimeError):
         super().__init__(f"topic {holder.topic!r} is being written by {holder.describe(now_ms)}")
 
 
+class UnfinishedReplay(RuntimeError):
+    """The day's last replay into the topic did not finish, and the launch chose neither to
+    resume nor to restart it: replaying from the first row would send its rows twice."""
+
+    def __init__(self, unfinished: Checkpoint, now_ms: int):
+        self.unfinished = unfinished
+        super().__init__(
+            f"the last replay of {unfinished.day} into {unfinished.topic!r} did not finish: "
+            f"{unfinished.describe(now_ms)}, so its first {unfinished.next_row} rows are in the topic already. "
+            "Launch with resume: true to send the rest (each row once), or with restart: true to replay "
+            "the whole day again (those rows a second time); nothing was sent"
+        )
+
+
 @dataclass(frozen=True)
 class ReplayPlan:
     start_row: int  # 0, or where the resumed replay continues
@@ -106,14 +126,18 @@ def plan_replay(
     resume: bool,
     now_ms: int,
     lease_s: float,
+    restart: bool = False,
 ) -> ReplayPlan:
     """Where this replay starts, or ``TopicBusy`` if another live replay holds the topic.
 
     - The same replay (a re-execution or retry of the run that started it) always continues
       from its last checkpoint, taking over from any zombie of an earlier attempt.
-    - A fresh launch starts from the first row, unless ``resume``: then it continues the day's
-      last unfinished replay into this topic, or starts fresh when there is none.
+    - A fresh launch after a finished replay of the day (or none) starts from the first row.
+    - A fresh launch after an unfinished one: ``resume`` continues it, ``restart`` starts from
+      the first row anyway; with neither, ``UnfinishedReplay``: no silent duplicates.
     """
+    if resume and restart:
+        raise ValueError("resume and restart exclude each other: choose one")
     mine = None
     for checkpoint in checkpoints:
         if checkpoint.topic != topic:
@@ -126,7 +150,21 @@ def plan_replay(
         return ReplayPlan(start_row=0, resumed=None)
     if mine.replay_id == replay_id or (resume and mine.status != ReplayStatus.FINISHED):
         return ReplayPlan(start_row=mine.next_row, resumed=mine)
+    # (one that committed no row yet left nothing to send twice)
+    if mine.status != ReplayStatus.FINISHED and mine.next_row > 0 and not restart:
+        raise UnfinishedReplay(mine, now_ms)
     return ReplayPlan(start_row=0, resumed=None)
+
+
+def next_attempt(resumed: Checkpoint | None, run_id: str, now_ms: int) -> tuple[int, int]:
+    """(this attempt's number within ``run_id``, the run's stall so far in ms) for an attempt that
+    starts now from ``resumed``: counting on from an earlier attempt of the same run, the time since
+    that one last delivered (its failure, the retry's wait and start) added to the stall. Another
+    run (a re-execution, a resume) counts its own attempts."""
+    if resumed is None or resumed.run_id != run_id:
+        return 1, 0
+    last_delivered_ms = resumed.progress_ms or resumed.heartbeat_ms
+    return resumed.attempt + 1, resumed.stall_ms + max(now_ms - last_delivered_ms, 0)
 
 
 def abandoned_reason(

@@ -179,6 +179,9 @@ def feed_run_config(environ: Mapping[str, str], config_keys: set[str], default_t
         "topic": environ.get("REPLAY_FEED_TOPIC") or default_topic,
         "pacing": "original",
         "speed": speed,
+        # A day comes round again every cycle: played whole, even where its last play did not
+        # finish (a failed run's own re-execution still resumes it: same replay).
+        "restart": True,
     }
     raw = environ.get("REPLAY_FEED_CONFIG")
     if raw:
@@ -193,5 +196,7 @@ def feed_run_config(environ: Mapping[str, str], config_keys: set[str], default_t
             raise ValueError(
                 f"REPLAY_FEED_CONFIG: unknown replay settings {unknown}; known: {sorted(config_keys)}"
             )
+        if extra.get("resume"):
+            del config["restart"]  # resume instead: they exclude each other
         config |= extra
     return config

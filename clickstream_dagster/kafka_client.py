@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
@@ -289,6 +289,29 @@ def _create_topic(
     return True
 
 
+def producer_config(settings: KafkaSettings, transactional_id: str | None, delivery_timeout_s: float) -> dict:
+    """kafka-python's producer settings for a replay: idempotent, acks=all, every wait bounded."""
+    timeout_ms = int(delivery_timeout_s * 1000)
+    request_timeout_ms, linger_ms = max(timeout_ms, 1000), 5
+    return settings.client_config() | {
+        # A request (a send, a commit) may wait as long as delivery_timeout_s: a broker pausing for
+        # less than that delays the replay but does not fail it (connect_timeout_s bounds connecting).
+        "request_timeout_ms": request_timeout_ms,
+        "acks": "all",
+        "enable_idempotence": True,
+        "transactional_id": transactional_id,
+        # Bounded: a broker that stops answering fails the replay instead of blocking it.
+        "max_block_ms": timeout_ms,
+        # kafka-python wants it above linger + request timeout; the replay's own clock fails a
+        # message not acknowledged delivery_timeout_s after it was due in any case.
+        "delivery_timeout_ms": request_timeout_ms + linger_ms + 1,
+        "linger_ms": linger_ms,
+        # The coordinator answers CONCURRENT_TRANSACTIONS until the previous markers are
+        # written; the default 100 ms backoff makes every commit take ~110 ms, 5 ms ~9 ms.
+        "retry_backoff_ms": 5,
+    }
+
+
 def _check_partitions_once_per_transaction(manager) -> None:
     """Make a transactional send skip kafka-python's per-message check once its partition is in
     the open transaction: the check takes the manager's lock four times on every send (8% of the
@@ -331,23 +354,8 @@ class KafkaPublisher:
         self.checkpoint_topic = checkpoint_topic
         self.transactional = transactional_id is not None
         self._committing = None  # the result of the last commit begun (see resolve_commit)
-        timeout_ms = int(delivery_timeout_s * 1000)
-        request_timeout_ms = max(min(int(settings.connect_timeout_s * 1000), timeout_ms // 2), 1000)
-        options = {
-            "acks": "all",
-            "enable_idempotence": True,
-            "transactional_id": transactional_id,
-            # Bounded: a broker that stops answering fails the replay instead of blocking it.
-            "max_block_ms": timeout_ms,
-            "delivery_timeout_ms": timeout_ms,
-            "linger_ms": 5,
-            # The coordinator answers CONCURRENT_TRANSACTIONS until the previous markers are
-            # written; the default 100 ms backoff makes every commit take ~110 ms, 5 ms ~9 ms.
-            "retry_backoff_ms": 5,
-        } | producer_options
-        client_config = settings.client_config() | {"request_timeout_ms": request_timeout_ms}
         try:
-            self.producer = KafkaProducer(**client_config, **options)
+            self.producer = KafkaProducer(**producer_config(settings, transactional_id, delivery_timeout_s) | producer_options)
             # Fetch the topics' metadata now, so the first send does not block on it and
             # start the replay's schedule late.
             self.producer.partitions_for(topic)
@@ -526,6 +534,15 @@ def end_offsets(settings: KafkaSettings, topic: str) -> dict[int, int]:
         raise settings.unavailable(f"reading the end offsets of {topic!r}", error) from error
     finally:
         consumer.close()
+
+
+def unreachable(settings: KafkaSettings, topic: str, timeout_s: float) -> BrokerUnavailable | None:
+    """None if the cluster answers about ``topic`` within ``timeout_s``, else why it did not."""
+    try:
+        end_offsets(replace(settings, connect_timeout_s=timeout_s), topic)
+    except BrokerUnavailable as error:
+        return error
+    return None
 
 
 def read_committed_since(settings: KafkaSettings, topic: str, start: dict[int, int]) -> list[ConsumerRecord]:

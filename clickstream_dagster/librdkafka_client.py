@@ -49,7 +49,10 @@ def librdkafka_config(
         "message.timeout.ms": timeout_ms,
         # An unreachable cluster fails within connect_timeout_s, as with kafka-python.
         "socket.connection.setup.timeout.ms": connect_ms,
-        "socket.timeout.ms": max(min(connect_ms, timeout_ms // 2), 1000),
+        # A request may wait as long as delivery_timeout_s, as with kafka-python: a broker pausing
+        # for less than that delays the replay but does not fail it.
+        "socket.timeout.ms": max(timeout_ms, 1000),
+        "request.timeout.ms": max(timeout_ms, 1000),
         # The coordinator answers CONCURRENT_TRANSACTIONS until the previous markers are written:
         # back off briefly, as KafkaPublisher does (retry_backoff_ms=5), so commits stay fast.
         "retry.backoff.ms": 5,

@@ -13,10 +13,12 @@ the next row of the day to send, so a crashed replay resumes exactly where it st
 from __future__ import annotations
 
 import contextlib
+import signal
 import statistics
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -129,6 +131,7 @@ class ReplayProgress:
     acked_bytes: int = 0
     commits: int = 0
     elapsed_s: float = 0.0
+    cleanup_s: float = 0.0  # spent stopping (abort, stop checkpoint) after an error or a signal
     paced: bool = True
     lateness_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # hand-off - scheduled
     latency_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # delivered - scheduled
@@ -149,18 +152,23 @@ class ReplayProgress:
         """The first row not yet delivered."""
         return self.start_row + self.delivered
 
-    def figures_ms(self) -> dict[str, float]:
+    def figures_ms(self, stall_s: float = 0.0) -> dict[str, float]:
         """Lateness at hand-off and delivery latency (p50/p99/max), final drift, commit
-        latency. Timing figures only for paced replays: at max pacing nothing is scheduled."""
+        latency. Timing figures only for paced replays: at max pacing nothing is scheduled.
+        ``stall_s``: how far earlier attempts' failures pushed this attempt's schedule back,
+        counted in each row's delivery latency (its due time is the first attempt's)."""
         figures: dict[str, float] = {}
         if self.commit_s:
             commits = np.asarray(self.commit_s) * 1000.0
             figures |= {"commit_p50_ms": float(np.percentile(commits, 50)), "commit_p99_ms": float(np.percentile(commits, 99))}
         if not self.paced:
             return figures
-        for name, values in (("lateness", self.lateness_s[: self.sent]), ("delivery_latency", self.latency_s[: self.delivered])):
+        for name, values, shift_s in (
+            ("lateness", self.lateness_s[: self.sent], 0.0),
+            ("delivery_latency", self.latency_s[: self.delivered], stall_s),
+        ):
             if values.size:
-                ms = values * 1000.0
+                ms = (values + shift_s) * 1000.0
                 figures |= {
                     f"{name}_p50_ms": float(np.percentile(ms, 50)),
                     f"{name}_p99_ms": float(np.percentile(ms, 99)),
@@ -412,6 +420,7 @@ def run_replay(
     except BaseException as error:
         # Cancelled, stopped or failed: what was committed stays; an open transaction is
         # aborted, so the report equals what a read_committed consumer finds.
+        stopping_since = clock()
         clean = False  # whether the producer can still write: only then is the stop recorded
         if transactional and committing[0] is not None:
             # Interrupted around a commit: learn whether it committed before saying how far we got.
@@ -445,10 +454,47 @@ def run_replay(
                 publisher.commit(key, value, timing.close_timeout_s)
                 if not transactional:
                     publisher.flush(timing.close_timeout_s)
+        progress.cleanup_s = clock() - stopping_since
         raise
     finally:
         progress.elapsed_s = clock() - start
     return progress
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def first_stop_signal_only() -> Iterator[None]:
+    """While inside, the first SIGINT or SIGTERM interrupts as its handler always did; any later
+    one is ignored, so the stop that follows (abort, stop checkpoint, the stop line) completes.
+
+    Ctrl-C reaches a step process twice: from the terminal (SIGINT to the whole process group)
+    and, moments later, forwarded by Dagster's multiprocess executor. The second one used to land
+    inside the first one's clean-up, and the step died without a word. The stop is bounded
+    anyway (``close_timeout_s``). Only Python-level handlers are wrapped, in the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    originals = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    stopping = False
+
+    def first_only(signum, frame) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        originals[signum](signum, frame)
+
+    wrapped = [signum for signum, handler in originals.items() if callable(handler)]
+    for signum in wrapped:
+        signal.signal(signum, first_only)
+    try:
+        yield
+    finally:
+        for signum in wrapped:
+            signal.signal(signum, originals[signum])
 
 
 # Max pacing: messages sent between two clock reads, delivery checks, commit checks and

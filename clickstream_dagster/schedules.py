@@ -22,11 +22,13 @@ from clickstream_dagster.jobs import replay_clickstream
 from clickstream_dagster.partitions import clickstream_days
 
 REPLAY_CYCLE_CRON = os.environ.get("REPLAY_CYCLE_CRON", "0 * * * *")
-# Pacing of scheduled replays: the original timing, at REPLAY_CYCLE_SPEED (default 1).
+# Pacing of scheduled replays: the original timing, at REPLAY_CYCLE_SPEED (default 1). Each
+# tick plays its day whole, even where that day's last play did not finish (restart).
 REPLAY_CYCLE_CONFIG = {
     "topic": os.environ.get("REPLAY_CYCLE_TOPIC", DEFAULT_TOPIC),
     "pacing": "original",
     "speed": float(os.environ.get("REPLAY_CYCLE_SPEED", "1.0")),
+    "restart": True,
 }
 IN_PROGRESS = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
 

@@ -8,7 +8,9 @@ from clickstream_dagster.checkpoints import (
     Checkpoint,
     ReplayStatus,
     TopicBusy,
+    UnfinishedReplay,
     abandoned_reason,
+    next_attempt,
     plan_replay,
     transactional_id,
 )
@@ -20,8 +22,10 @@ def checkpoint(replay_id="A", day="2012-03-05", next_row=10, status=ReplayStatus
     return Checkpoint(topic, day, replay_id, f"run-{replay_id}", next_row, 100, status, NOW - int(age_s * 1000), "host pid 1")
 
 
-def plan(checkpoints, replay_id="B", day="2012-03-05", resume=False):
-    return plan_replay(checkpoints, topic="click-data", day=day, replay_id=replay_id, resume=resume, now_ms=NOW, lease_s=40)
+def plan(checkpoints, replay_id="B", day="2012-03-05", resume=False, restart=False):
+    return plan_replay(
+        checkpoints, topic="click-data", day=day, replay_id=replay_id, resume=resume, restart=restart, now_ms=NOW, lease_s=40
+    )
 
 
 def test_a_checkpoint_round_trips_through_its_bytes():
@@ -34,10 +38,44 @@ def test_the_transactional_id_follows_from_the_topic():
     assert transactional_id("click-data") == "clickstream-replay-click-data"
 
 
-def test_a_fresh_launch_starts_at_the_first_row():
+def test_a_fresh_launch_starts_at_the_first_row_after_a_finished_replay_of_the_day_or_none():
     assert plan([]).start_row == 0
-    # Even where an earlier replay of the day stopped: a fresh launch replays the whole day.
-    assert plan([checkpoint(status=ReplayStatus.STOPPED)]).start_row == 0
+    # Schedules and the feed replay finished days again: a new replay of the whole day.
+    assert plan([checkpoint(next_row=100, status=ReplayStatus.FINISHED)]).start_row == 0
+
+
+@pytest.mark.parametrize(
+    "unfinished",
+    [checkpoint(next_row=37, status=ReplayStatus.STOPPED), checkpoint(next_row=12, age_s=3600)],  # stopped; killed
+    ids=["stopped", "killed"],
+)
+def test_a_fresh_launch_after_an_unfinished_replay_fails_naming_it_and_both_choices(unfinished):
+    with pytest.raises(UnfinishedReplay) as raised:
+        plan([unfinished])
+    message = str(raised.value)
+    assert "run run-A" in message and f"at row {unfinished.next_row}/100" in message
+    assert "resume: true" in message and "restart: true" in message and "nothing was sent" in message
+    assert raised.value.unfinished == unfinished
+
+
+def test_restart_replays_an_unfinished_day_from_the_first_row():
+    assert plan([checkpoint(next_row=37, status=ReplayStatus.STOPPED)], restart=True) == plan([], restart=True)
+    assert plan([checkpoint(next_row=37, status=ReplayStatus.STOPPED)], restart=True).start_row == 0
+
+
+def test_an_unfinished_replay_that_committed_no_row_needs_no_choice():
+    assert plan([checkpoint(next_row=0, status=ReplayStatus.STOPPED)]).start_row == 0
+
+
+def test_a_re_execution_keeps_resuming_whatever_it_was_launched_with():
+    mine = checkpoint(replay_id="B", next_row=42, status=ReplayStatus.STOPPED)
+    assert plan([mine], replay_id="B").start_row == 42
+    assert plan([mine], replay_id="B", restart=True).start_row == 42
+
+
+def test_resume_and_restart_exclude_each_other():
+    with pytest.raises(ValueError, match="choose one"):
+        plan([], resume=True, restart=True)
 
 
 def test_a_re_execution_continues_its_own_replay_and_takes_over_from_a_live_zombie():
@@ -68,8 +106,9 @@ def test_another_live_replay_of_the_topic_holds_it_whatever_its_day():
 
 
 def test_a_silent_replay_holds_the_topic_no_longer_after_the_lease():
-    assert plan([checkpoint(replay_id="A", age_s=41)]).start_row == 0
-    assert plan([checkpoint(replay_id="A", status=ReplayStatus.STOPPED, age_s=0)]).start_row == 0
+    # (then launching needs a choice: the day's replay is unfinished)
+    assert plan([checkpoint(replay_id="A", age_s=41)], resume=True).start_row == 10
+    assert plan([checkpoint(replay_id="A", status=ReplayStatus.STOPPED, age_s=0)], restart=True).start_row == 0
 
 
 def test_replays_into_other_topics_do_not_matter():
@@ -109,3 +148,16 @@ def test_a_run_taken_over_by_a_later_attempt_is_abandoned_once_silent():
     assert abandoned(later, run_quiet_s=10) is None  # a live fenced run still reports its failure
     reason = abandoned(later, run_quiet_s=45)
     assert reason is not None and "(run run-A2) took its replay over" in reason
+
+
+def test_an_attempt_counts_on_from_an_earlier_attempt_of_its_run_adding_the_time_nothing_was_delivered():
+    first = replace(checkpoint(next_row=300, status=ReplayStatus.STOPPED), progress_ms=NOW - 39_000, heartbeat_ms=NOW - 20_000)
+    assert next_attempt(first, "run-A", NOW) == (2, 39_000)  # from its last delivery, not its stop
+    second = replace(first, attempt=2, stall_ms=39_000, progress_ms=NOW - 4_000)
+    assert next_attempt(second, "run-A", NOW) == (3, 43_000)
+    assert Checkpoint.from_bytes(second.to_bytes()) == second
+
+
+def test_another_run_counts_its_own_attempts():
+    assert next_attempt(None, "run-B", NOW) == (1, 0)
+    assert next_attempt(replace(checkpoint(), attempt=3, stall_ms=5_000), "run-B", NOW) == (1, 0)  # a resume, a re-execution

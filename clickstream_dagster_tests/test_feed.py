@@ -25,7 +25,7 @@ from clickstream_dagster import sensors
 from clickstream_dagster.sensors import REPLAY_FEED, replay_feed, topic_runs_one_at_a_time
 
 DAYS = clickstream_days.get_partition_keys()
-KEYS = {"topic", "pacing", "speed", "limit", "max_delay_s"}
+KEYS = {"topic", "pacing", "speed", "limit", "max_delay_s", "resume", "restart"}
 PROJECT_DAGSTER_YAML = Path(__file__).resolve().parents[1] / ".dagster_home" / "dagster.yaml"
 
 
@@ -115,6 +115,7 @@ def test_settings_default_to_original_timing_at_speed_one_into_click_data():
         "topic": "click-data",
         "pacing": "original",
         "speed": 1.0,
+        "restart": True,  # a day that comes round again is played whole
     }
 
 
@@ -128,9 +129,15 @@ def test_settings_from_the_environment():
         "topic": "feed",
         "pacing": "original",
         "speed": 50.0,
+        "restart": True,
         "limit": 20,
         "max_delay_s": 2,
     }
+
+
+def test_a_feed_configured_to_resume_unfinished_days_does_not_also_restart_them():
+    config = feed_run_config({"REPLAY_FEED_CONFIG": '{"resume": true}'}, KEYS, "click-data")
+    assert config["resume"] is True and "restart" not in config
 
 
 @pytest.mark.parametrize(
@@ -192,7 +199,7 @@ def test_a_restarted_daemon_goes_on_after_the_last_day_played(queued_instance):
         "ops": {
             "click_data": {
                 "config": {
-                    "topic": "click-data", "pacing": "original", "speed": 1.0,
+                    "topic": "click-data", "pacing": "original", "speed": 1.0, "restart": True,
                     "event_date": "2012-03-05", "visitor_epoch": 0,
                 }
             }

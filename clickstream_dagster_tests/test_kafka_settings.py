@@ -4,7 +4,7 @@ import pytest
 from dagster import Failure
 from kafka.errors import KafkaTimeoutError, TopicAuthorizationFailedError, TransactionalIdAuthorizationFailedError
 
-from clickstream_dagster.kafka_client import KafkaSettings
+from clickstream_dagster.kafka_client import KafkaSettings, producer_config
 from clickstream_dagster.resources.kafka import KafkaResource
 
 
@@ -13,6 +13,16 @@ def test_plaintext_config_has_bounded_timeouts():
     assert config["bootstrap_servers"] == ["a:9092", "b:9092"]
     assert config["bootstrap_timeout_ms"] == 7000
     assert "sasl_plain_password" not in config
+
+
+def test_the_producer_waits_for_a_request_as_long_as_the_delivery_bound():
+    """A broker pausing for less than delivery_timeout_s must not fail the replay (it did at 15 s,
+    half the bound, when requests timed out first); connecting stays bounded by connect_timeout_s."""
+    config = producer_config(KafkaSettings("b:9092", connect_timeout_s=7), "clickstream-replay-t", delivery_timeout_s=30)
+    assert config["request_timeout_ms"] == config["max_block_ms"] == 30_000
+    assert config["delivery_timeout_ms"] > config["request_timeout_ms"] + config["linger_ms"]  # kafka-python's rule
+    assert config["bootstrap_timeout_ms"] == 7000
+    assert (config["acks"], config["enable_idempotence"], config["transactional_id"]) == ("all", True, "clickstream-replay-t")
 
 
 def test_sasl_ssl_config_carries_credentials_and_files():

@@ -1,5 +1,7 @@
 """The send loop with a fake clock and an in-memory publisher: timing, delivery, interruption."""
 
+import os
+import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +18,7 @@ from clickstream_dagster.replay import (
     ReplayProgress,
     ReplayStopped,
     ReplayTiming,
+    first_stop_signal_only,
     progress_line,
     run_replay,
 )
@@ -288,6 +291,10 @@ def test_exactly_once_commits_before_each_wait_so_what_was_sent_is_readable_at_o
     # Delivered = committed: 10 ms after each message's send.
     assert figures["delivery_latency_p50_ms"] == pytest.approx(10)
     assert progress.commits == 3 and figures["commit_p50_ms"] == pytest.approx(10)
+    # After earlier attempts stalled for 39 s, the rows are due on the first attempt's schedule.
+    stalled = progress.figures_ms(stall_s=39.0)
+    assert stalled["delivery_latency_p50_ms"] == pytest.approx(39_010)
+    assert stalled["lateness_max_ms"] == figures["lateness_max_ms"]  # the hand-off, this attempt
 
 
 def test_a_wait_too_short_for_a_commit_is_not_spent_committing():
@@ -526,3 +533,33 @@ def test_progress_line_reads_well():
     assert "lateness p99 1.0 ms" in line
     # Row 4 was due at 4 s; at 2 s elapsed it is not late yet.
     assert "delivery lag 0 ms" in line
+
+
+class Interrupted(BaseException):
+    """What Dagster's handler raises in a step (DagsterExecutionInterruptedError)."""
+
+
+def test_only_the_first_stop_signal_interrupts_so_the_stop_itself_completes():
+    """Ctrl-C reaches a step twice (the terminal, then Dagster's executor): the second one must
+    not cut short the clean-up the first one started."""
+
+    def dagster_like(signum, frame):
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, dagster_like) for s in (signal.SIGINT, signal.SIGTERM)}
+    cleaned_up = False
+    try:
+        with pytest.raises(Interrupted):
+            with first_stop_signal_only():
+                try:
+                    os.kill(os.getpid(), signal.SIGINT)  # handled at once: raises here
+                finally:
+                    os.kill(os.getpid(), signal.SIGINT)  # the forwarded one, during the clean-up
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    cleaned_up = True
+        assert cleaned_up
+        # Outside, the handlers are back: the next stop interrupts again.
+        assert signal.getsignal(signal.SIGINT) is dagster_like and signal.getsignal(signal.SIGTERM) is dagster_like
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

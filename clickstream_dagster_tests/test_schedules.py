@@ -40,7 +40,7 @@ def test_a_tick_requests_the_days_replay_with_original_pacing(dagster_instance):
     result = replay_cycle(build_schedule_context(instance=dagster_instance, scheduled_execution_time=TICK))
     assert isinstance(result, RunRequest)
     assert result.partition_key == cycle_day(TICK, 3600, DAYS)
-    assert result.run_config == {"ops": {"click_data": {"config": {"topic": "click-data", "pacing": "original", "speed": 1.0}}}}
+    assert result.run_config == {"ops": {"click_data": {"config": {"topic": "click-data", "pacing": "original", "speed": 1.0, "restart": True}}}}
     assert result.tags["clickstream/day"] == result.partition_key
     assert result.tags["clickstream/topic"] == "click-data"
 

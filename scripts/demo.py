@@ -244,7 +244,9 @@ def main() -> int:
     print(f"  rejects:   {storage}/clickstream_rejects.parquet")
 
     wait_for_topic(instance, TOPIC)  # again: the feed or a schedule may have started one meanwhile
-    config = {"topic": TOPIC, "pacing": "max", "max_rate": RATE}
+    # resume: a demo stopped with Ctrl-C goes on where it stopped (each row once); after a
+    # finished one (or none) it replays the whole day.
+    config = {"topic": TOPIC, "pacing": "max", "max_rate": RATE, "resume": True}
     print(f"Replaying {DAY} into {TOPIC} at up to {RATE:g} msgs/s ...", flush=True)
     replayed = quiet(defs.resolve_job_def("replay_clickstream")).execute_in_process(
         instance=instance,

@@ -39,6 +39,8 @@ from clickstream_dagster.checkpoints import (
     ReplayPlan,
     ReplayStatus,
     TopicBusy,
+    UnfinishedReplay,
+    next_attempt,
     plan_replay,
     transactional_id,
 )
@@ -65,6 +67,7 @@ from clickstream_dagster.replay import (
     ReplayProgress,
     ReplayStopped,
     ReplayTiming,
+    first_stop_signal_only,
     progress_line,
     run_replay,
 )
@@ -116,6 +119,11 @@ class ReplayConfig(Config):
         default=False,
         description="continue the last unfinished replay of this day into this topic (a re-execution always does)",
     )
+    restart: bool = Field(
+        default=False,
+        description="replay the whole day even though its last replay into this topic did not finish "
+        "(its committed rows arrive twice); without resume or restart such a launch fails, sending nothing",
+    )
     wait_for_topic_s: float = Field(
         default=3600.0, description="while another replay holds the topic, wait this long, then fail naming it"
     )
@@ -156,6 +164,8 @@ def _validated(config: ReplayConfig, day: str) -> Pacing:
         value = getattr(config, name)
         if not (math.isfinite(value) and value >= 0):
             problems.append(f"{name}={value!r}: expected a number >= 0")
+    if config.resume and config.restart:
+        problems.append("resume and restart are both true: choose one")
     if config.limit is not None and config.limit < 0:
         problems.append(f"limit={config.limit}: expected >= 0")
     problems += check_settings(config.late_share, config.late_by_s, config.duplicate_share)
@@ -184,9 +194,14 @@ def _offsets_table(progress: ReplayProgress) -> MetadataValue:
     return MetadataValue.table(records=records, schema=schema)
 
 
-def _report(progress: ReplayProgress) -> dict:
+def _report(progress: ReplayProgress, attempts: dict) -> dict:
+    """The figures of this attempt, and of the run's attempts so far (``attempts``: this one's
+    number and the run's stall before it, in ms): latencies count the stall."""
+    stall_s = attempts["stall_ms"] / 1000
     figures = {
         "messages": progress.delivered,  # readable by a read_committed consumer, this attempt
+        "attempts": attempts["attempt"],
+        "stall_s": round(stall_s, 3),
         "acked": progress.acked,
         "bytes": progress.acked_bytes,
         "start_row": progress.start_row,
@@ -197,7 +212,7 @@ def _report(progress: ReplayProgress) -> dict:
     }
     if progress.in_doubt:
         figures["in_doubt"] = progress.in_doubt
-    figures |= {k: round(v, 3) for k, v in progress.figures_ms().items()}
+    figures |= {k: round(v, 3) for k, v in progress.figures_ms(stall_s).items()}
     return {**numeric(figures), "kafka_offsets": _offsets_table(progress)}
 
 
@@ -209,6 +224,7 @@ def _plan(kafka: KafkaResource, config: ReplayConfig, day: str, replay_id: str) 
         day=day,
         replay_id=replay_id,
         resume=config.resume,
+        restart=config.restart,
         now_ms=time.time_ns() // 1_000_000,
         lease_s=kafka.lease_s,
     )
@@ -376,16 +392,26 @@ def click_data(
     owner = f"{socket.gethostname()} pid {os.getpid()}"
     record_ts = (events["original_timestamp"] * 1000).to_list() if config.record_timestamp == "original" else None
 
+    # This attempt's number in the run and the run's stall so far: set when the topic is claimed.
+    attempts = {"attempt": 1, "stall_ms": 0}
+
     def writer_for(plan: ReplayPlan, end_offsets: Callable[[], dict[int, int]]) -> CheckpointWriter:
-        """Checkpoints of this replay: a resumed one keeps where it began and who wrote it."""
+        """Checkpoints of this replay: a resumed one keeps where it began and who wrote it, and
+        an earlier attempt of this run what it went through."""
         resumed = plan.resumed
         if resumed is not None and resumed.start_offsets:
             start_offsets = resumed.start_offsets
             run_ids = tuple(dict.fromkeys((*resumed.run_ids, context.run.run_id)))
         else:
             start_offsets, run_ids = tuple(sorted(end_offsets().items())), (context.run.run_id,)
+        now_ms = time.time_ns() // 1_000_000
+        attempts["attempt"], attempts["stall_ms"] = next_attempt(resumed, context.run.run_id, now_ms)
+        delivered = {"next_row": plan.start_row, "at_ms": now_ms}
 
         def checkpoint(next_row: int, status: ReplayStatus) -> tuple[bytes, bytes]:
+            now_ms = time.time_ns() // 1_000_000
+            if next_row > delivered["next_row"]:
+                delivered.update(next_row=next_row, at_ms=now_ms)
             record = Checkpoint(
                 topic=config.topic,
                 day=day,
@@ -394,10 +420,13 @@ def click_data(
                 next_row=next_row,
                 total=len(messages),
                 status=status,
-                heartbeat_ms=time.time_ns() // 1_000_000,
+                heartbeat_ms=now_ms,
                 owner=owner,
                 start_offsets=start_offsets,
                 run_ids=run_ids,
+                attempt=attempts["attempt"],
+                stall_ms=attempts["stall_ms"],
+                progress_ms=delivered["at_ms"],
             )
             return record.key, record.to_bytes()
 
@@ -416,50 +445,64 @@ def click_data(
         f"{config.topic!r} at {kafka.bootstrap_servers} ({pacing.describe()}, {config.message_format}, "
         f"{config.delivery})" + (" — topic created" if created else "")
     )
-    try:
-        run_replay(
-            messages,
-            offsets_s,
-            publisher,
-            start_row=plan.start_row,
-            checkpoint=checkpoint,
-            record_timestamps_ms=record_ts,
-            progress=progress,
-            on_progress=lambda p: context.log.info(progress_line(p, offsets_s)),
-            should_stop=_launcher_watch(),
-            paced=pacing.is_paced,
-            timing=ReplayTiming(progress_every_s=config.progress_interval_s, delivery_timeout_s=kafka.delivery_timeout_s),
-        )
-    except (DeliveryError, BrokerUnavailable, ReplayStopped) as caught:
-        # A message the broker refused for a missing ACL: say which, and do not retry.
-        error = caught
-        if not isinstance(caught, NotAuthorized):
-            error = kafka.settings().not_authorized(caught, f"sending to {config.topic!r}") or caught
-        doubt = f", {progress.in_doubt} more in a commit the broker never confirmed" if progress.in_doubt else ""
-        message = (
-            f"replay of {day} into {config.topic!r} at {kafka.bootstrap_servers} failed: {error}. "
-            f"{progress.delivered} messages delivered by this attempt ({progress.acked} acknowledged{doubt}); "
-            f"committed through row {progress.next_row} of {len(messages)}."
-        )
-        transient = not isinstance(error, ReplayStopped | ProducerFenced | NotAuthorized)
-        if transient and context.retry_number < STEP_RETRIES:
-            # Safe since checkpoints: the retry resumes from the last committed row.
-            context.log.warning(f"{message} Retrying (attempt {context.retry_number + 2} of {STEP_RETRIES + 1}).")
-            raise RetryRequested(max_retries=STEP_RETRIES, seconds_to_wait=5 * 2**context.retry_number) from error
-        raise Failure(
-            f"{message} Re-execute the run (or launch with resume: true) to continue from there.",
-            metadata={**settings, **_report(progress)},
-            allow_retries=False,
-        ) from error
-    except BaseException:
-        # Terminated from the UI (DagsterExecutionInterruptedError) or crashed: say how far it got.
-        context.log.warning(f"replay of {day} stopped: {progress_line(progress, offsets_s)}")
-        context.log_event(
-            AssetObservation(asset_key=context.asset_key, partition=day, metadata={**settings, **_report(progress)})
-        )
-        raise
-    finally:
-        publisher.close()
+    # Ctrl-C signals the step twice (the terminal, then Dagster forwarding it): the second must
+    # not cut the first one's stop short.
+    closing_s = kafka.close_timeout_s
+    with first_stop_signal_only():
+        try:
+            run_replay(
+                messages,
+                offsets_s,
+                publisher,
+                start_row=plan.start_row,
+                checkpoint=checkpoint,
+                record_timestamps_ms=record_ts,
+                progress=progress,
+                on_progress=lambda p: context.log.info(progress_line(p, offsets_s)),
+                should_stop=_launcher_watch(),
+                paced=pacing.is_paced,
+                timing=ReplayTiming(progress_every_s=config.progress_interval_s, delivery_timeout_s=kafka.delivery_timeout_s),
+            )
+        except (DeliveryError, BrokerUnavailable, ReplayStopped) as caught:
+            # A message the broker refused for a missing ACL: say which, and do not retry.
+            error = caught
+            if not isinstance(caught, NotAuthorized):
+                error = kafka.settings().not_authorized(caught, f"sending to {config.topic!r}") or caught
+            doubt = f", {progress.in_doubt} more in a commit the broker never confirmed" if progress.in_doubt else ""
+            message = (
+                f"replay of {day} into {config.topic!r} at {kafka.bootstrap_servers} failed: {error}. "
+                f"{progress.delivered} messages delivered by this attempt ({progress.acked} acknowledged{doubt}); "
+                f"committed through row {progress.next_row} of {len(messages)}."
+            )
+            closing_s = 0.0  # the replay aborted and flushed already: nothing left worth waiting for
+            transient = not isinstance(error, ReplayStopped | ProducerFenced | NotAuthorized)
+            if transient and context.retry_number < STEP_RETRIES:
+                # Retry only a cluster that answers again, asked for what is left of connect_timeout_s
+                # after the stop itself: a dead one fails the run within delivery + connect timeouts.
+                gone = kafka.unreachable(config.topic, kafka.connect_timeout_s - progress.cleanup_s)
+                if gone is None:
+                    # Safe since checkpoints: the retry resumes from the last committed row.
+                    wait_s = 5 * 2**context.retry_number
+                    context.log.warning(
+                        f"{message} The cluster answers: retrying in {wait_s} s as attempt {context.retry_number + 2} "
+                        f"of {STEP_RETRIES + 1}, from row {progress.next_row}."
+                    )
+                    raise RetryRequested(max_retries=STEP_RETRIES, seconds_to_wait=wait_s) from error
+                message += f" Not retried: {gone}."
+            raise Failure(
+                f"{message} Re-execute the run (or launch with resume: true) to continue from there.",
+                metadata={**settings, **_report(progress, attempts)},
+                allow_retries=False,
+            ) from error
+        except BaseException:
+            # Terminated from the UI (DagsterExecutionInterruptedError) or crashed: say how far it got.
+            context.log.warning(f"replay of {day} stopped: {progress_line(progress, offsets_s)}")
+            context.log_event(
+                AssetObservation(asset_key=context.asset_key, partition=day, metadata={**settings, **_report(progress, attempts)})
+            )
+            raise
+        finally:
+            publisher.close(closing_s)
 
     context.log.info(progress_line(progress, offsets_s))
     preview = [
@@ -470,7 +513,7 @@ def click_data(
     yield MaterializeResult(
         metadata={
             **settings,
-            **_report(progress),
+            **_report(progress, attempts),
             **resumed,
             "replay_id": replay_id,
             "day_rows": MetadataValue.int(day_rows),
@@ -530,7 +573,7 @@ def _claim_topic(
     while True:
         try:
             _wait_for_topic(context, kafka, config, replay_id)
-        except BrokerUnavailable as error:
+        except (BrokerUnavailable, UnfinishedReplay) as error:
             raise _starting_failure(context, config, error) from error
         try:
             publisher = kafka.publisher(
@@ -549,6 +592,9 @@ def _claim_topic(
         except TopicBusy as busy:
             publisher.close()
             context.log.info(f"another replay claimed the topic at the same moment; backing off: {busy}")
+        except UnfinishedReplay as error:  # another launch left the day unfinished meanwhile
+            publisher.close()
+            raise _starting_failure(context, config, error) from error
         except (DeliveryError, BrokerUnavailable) as error:
             publisher.close()
             raise Failure(

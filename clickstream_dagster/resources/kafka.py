@@ -7,6 +7,7 @@ from pydantic import Field
 
 from clickstream_dagster.checkpoints import DEFAULT_CHECKPOINT_TOPIC, Checkpoint
 from clickstream_dagster.kafka_client import (
+    BrokerUnavailable,
     KafkaPublisher,
     KafkaSettings,
     ConsumerRecord,
@@ -14,6 +15,7 @@ from clickstream_dagster.kafka_client import (
     ensure_topic,
     read_checkpoints,
     read_committed_since,
+    unreachable,
 )
 from clickstream_dagster.resources.built_defaults import BuiltValuesAreDefaults
 
@@ -109,6 +111,10 @@ class KafkaResource(BuiltValuesAreDefaults, ConfigurableResource):
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         return end_offsets(self.settings(), topic)
+
+    def unreachable(self, topic: str, timeout_s: float) -> BrokerUnavailable | None:
+        """None if the cluster answers about ``topic`` within ``timeout_s`` (at least 1 s), else why not."""
+        return unreachable(self.settings(), topic, max(round(timeout_s, 1), 1.0))
 
     def read_back(self, topic: str, start_offsets: dict[int, int]) -> list[ConsumerRecord]:
         """What a read_committed consumer finds in ``topic`` from ``start_offsets`` on."""
