@@ -6,8 +6,10 @@ PY := $(VENV)/bin/python
 # The local broker: plaintext on 9092, or secured (sasl_ssl, ssl, sasl_plaintext) on 9093.
 KAFKA_SECURITY ?= plaintext
 KAFKA_PORT ?= $(if $(filter plaintext,$(KAFKA_SECURITY)),9092,9093)
+# 1 broker, or a KRaft cluster of N (plaintext, ports KAFKA_PORT.. KAFKA_PORT+N-1, RF 3).
+KAFKA_BROKERS ?= 1
 # Where the local broker keeps its pid, config, log and data (`make dev`, `make kafka-*`).
-KAFKA_STATE_DIR ?= $(CURDIR)/$(if $(filter plaintext,$(KAFKA_SECURITY)),.kafka,.kafka-$(KAFKA_SECURITY))
+KAFKA_STATE_DIR ?= $(CURDIR)/$(if $(filter-out 1,$(KAFKA_BROKERS)),.kafka-cluster,$(if $(filter plaintext,$(KAFKA_SECURITY)),.kafka,.kafka-$(KAFKA_SECURITY)))
 DAGSTER_PORT ?= 3000
 # The local schema registry (`make registry-*`; `make dev LOCAL_REGISTRY=1` starts it unless
 # SCHEMA_REGISTRY_URL names one, and Dagster gets its URL).
@@ -40,7 +42,7 @@ demo: setup
 dev: setup
 	@set -o pipefail; \
 	if [ -z "$$KAFKA_BOOTSTRAP_SERVERS" ]; then \
-	  KAFKA_BOOTSTRAP_SERVERS=$$($(PYTHON) scripts/local_kafka.py up --port $(KAFKA_PORT) --state-dir "$(KAFKA_STATE_DIR)" \
+	  KAFKA_BOOTSTRAP_SERVERS=$$($(PYTHON) scripts/local_kafka.py up --port $(KAFKA_PORT) --brokers $(KAFKA_BROKERS) --state-dir "$(KAFKA_STATE_DIR)" \
 	    | tee /dev/stderr | sed -n 's/^ *bootstrap servers: *//p') || exit 1; \
 	  export KAFKA_BOOTSTRAP_SERVERS; \
 	fi; \
@@ -61,14 +63,15 @@ test-unit: setup
 	$(PY) -m pytest -m "not integration and not e2e"
 
 # Secured: stdout is only `export KAFKA_...` lines: eval "$$(make -s kafka-up KAFKA_SECURITY=sasl_ssl)"
+# A cluster of three: make kafka-up KAFKA_BROKERS=3 (and the same KAFKA_BROKERS for status / down).
 kafka-up:
-	@$(PYTHON) scripts/local_kafka.py up --port $(KAFKA_PORT) --security $(KAFKA_SECURITY) --state-dir "$(KAFKA_STATE_DIR)"
+	@$(PYTHON) scripts/local_kafka.py up --port $(KAFKA_PORT) --brokers $(KAFKA_BROKERS) --security $(KAFKA_SECURITY) --state-dir "$(KAFKA_STATE_DIR)"
 
 kafka-down:
-	$(PYTHON) scripts/local_kafka.py down --security $(KAFKA_SECURITY) --state-dir "$(KAFKA_STATE_DIR)"
+	$(PYTHON) scripts/local_kafka.py down --brokers $(KAFKA_BROKERS) --security $(KAFKA_SECURITY) --state-dir "$(KAFKA_STATE_DIR)"
 
 kafka-status:
-	$(PYTHON) scripts/local_kafka.py status --security $(KAFKA_SECURITY) --state-dir "$(KAFKA_STATE_DIR)"
+	$(PYTHON) scripts/local_kafka.py status --brokers $(KAFKA_BROKERS) --security $(KAFKA_SECURITY) --state-dir "$(KAFKA_STATE_DIR)"
 
 # The local schema registry (Apicurio, Confluent-compatible API): eval "$$(make -s registry-up)"
 registry-up:

@@ -10,6 +10,12 @@ Enable with ``pytest_plugins = ["clickstream_dagster_tests.kafka_fixtures"]``.
 * ``kafka_topic`` (function): a fresh, uniquely named topic (3 partitions, RF 1) that is
   deleted afterwards.
 * ``local_kafka`` (session): the ``scripts/local_kafka.py`` module itself.
+* ``kafka_cluster`` (function): a 3-node KRaft cluster (replication 3, min.insync.replicas 2),
+  started once per session by the first test that asks for it, on free ports in a temporary
+  state dir. Per-node handles: ``cluster.nodes`` / ``cluster.node(id)`` (``pid``, ``port``,
+  ``node_id``); ``cluster.start_node(id)`` brings a killed node back on its port and data dir.
+  After each test every node runs again (resumed if paused, restarted if dead) and every
+  partition has all 3 replicas in sync: tests may kill, pause or restart nodes.
 
 ``KAFKA_START_TIMEOUT_S`` (default 90) bounds the broker start.
 """
@@ -19,7 +25,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import signal
 import sys
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -107,3 +115,59 @@ def kafka_topic(kafka_bootstrap_servers: str, request: pytest.FixtureRequest) ->
             warnings.warn(f"could not delete test topic {name}: {exc!r}", stacklevel=1)
         finally:
             admin.close()
+
+
+CLUSTER_SIZE = 3
+
+
+@pytest.fixture(scope="session")
+def _kafka_cluster(tmp_path_factory: pytest.TempPathFactory):
+    lk = load_local_kafka()
+    timeout_s = float(os.environ.get("KAFKA_START_TIMEOUT_S") or lk.DEFAULT_TIMEOUT_S)
+    try:
+        cluster = lk.start_cluster(tmp_path_factory.mktemp("kafka-cluster"), CLUSTER_SIZE, port=0,
+                                   timeout_s=timeout_s, cache_dir=_classpath_cache_dir())
+    except lk.LocalKafkaError as exc:
+        pytest.fail(f"could not start a local Kafka cluster: {exc}", pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def heal_cluster(cluster, timeout_s: float = 120.0) -> None:
+    """Every node running (paused ones continued, dead ones restarted) and every partition's
+    replicas all in sync: what the next test starts from."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    for node in cluster.nodes:
+        if node.is_running():
+            os.kill(node.pid, signal.SIGCONT)
+    for node in list(cluster.nodes):
+        cluster.start_node(node.node_id, timeout_s)
+    deadline, lagging = time.monotonic() + timeout_s, ["not checked"]
+    while time.monotonic() < deadline:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap_servers, request_timeout_ms=10000)
+            try:
+                brokers = [b for b in admin.describe_cluster()["brokers"] if not b.get("is_fenced")]
+                lagging = [f"{t['name']}/{p['partition_index']}: in sync {p['isr_nodes']}"
+                           for t in admin.describe_topics() for p in t["partitions"]
+                           if len(p["isr_nodes"]) < len(p["replica_nodes"])]
+            finally:
+                admin.close()
+            if len(brokers) == len(cluster.nodes) and not lagging:
+                return
+            lagging = lagging or [f"{len(brokers)} brokers in metadata"]
+        except KafkaError as exc:
+            lagging = [repr(exc)]
+        time.sleep(1)
+    raise AssertionError(f"the cluster did not heal within {timeout_s:g} s: {lagging[:5]}")
+
+
+@pytest.fixture
+def kafka_cluster(_kafka_cluster):
+    heal_cluster(_kafka_cluster)
+    yield _kafka_cluster
+    heal_cluster(_kafka_cluster)

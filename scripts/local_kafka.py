@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Start and stop a real single-node Apache Kafka broker (KRaft, no Docker).
+"""Start and stop a real Apache Kafka broker, or a cluster of them (KRaft, no Docker).
 
 The broker jars come from Maven Central through ``scripts/kafka/pom.xml`` (resolved
 once into ~/.m2; the resulting classpath is cached in the state dir keyed by the Kafka
@@ -21,6 +21,9 @@ CLI::
     python3 scripts/local_kafka.py env  --security sasl_ssl [--user admin]   # print them again
     python3 scripts/local_kafka.py down --security sasl_ssl
 
+    # A cluster of 3 (ports 9092-9094 or --port P.., state dir .kafka-cluster), plaintext:
+    python3 scripts/local_kafka.py up|status|down --brokers 3 [--port P]
+
 API (used by the pytest fixture)::
 
     broker = start_broker(state_dir, port, timeout_s=90)
@@ -31,6 +34,16 @@ API (used by the pytest fixture)::
     broker = start_broker(state_dir, port, security=("sasl_ssl", "ssl"), users=("reader",))
     broker.client_environment("ssl", "reader")     # the KAFKA_* variables of that user
     broker.grant("reader", replay_acls("at_least_once", topic))
+
+    # a cluster: nodes 1..N, each a Broker with its own state dir <state>/node-<id>
+    cluster = start_cluster(state_dir, brokers=3, port=0)      # 0: any free ports
+    cluster.bootstrap_servers, cluster.node(2).pid, cluster.node(2).port
+    cluster.start_node(2)    # after a kill: back on the same port and data dir
+    cluster.stop()           # or stop_broker(state_dir)
+
+A cluster's nodes are all broker+controller (the quorum voters), formatted with one cluster
+id; its topics and Kafka's internal ones get replication 3 and min.insync.replicas 2; each
+node's heap is ``CLUSTER_HEAP_OPTS`` unless KAFKA_HEAP_OPTS is set.
 
 Security (``--security``): a CA, a broker certificate and one client certificate per user are
 made with ``openssl`` into ``<state>/tls`` (PEM; Kafka reads PEM key stores); passwords are
@@ -86,6 +99,7 @@ HOST = "127.0.0.1"
 DEFAULT_PORT = 9092
 DEFAULT_TIMEOUT_S = 90.0
 DEFAULT_HEAP_OPTS = "-Xms256m -Xmx768m"
+CLUSTER_HEAP_OPTS = "-Xms256m -Xmx512m"  # each node of a cluster
 DEFAULT_JVM_OPTS = (
     "-XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 "
     "-XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true"
@@ -330,10 +344,10 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 def probe_broker(host: str, port: int, timeout_s: float = 3.0,
-                 auth: Optional["ClientAuth"] = None) -> Optional[str]:
+                 auth: Optional["ClientAuth"] = None, min_brokers: int = 1) -> Optional[str]:
     """One readiness probe. Returns None when the broker serves Kafka clients (ApiVersions
-    answers without error and Metadata lists at least one live broker), else a reason.
-    ``auth``: log in to a secured listener first (TLS, SASL PLAIN)."""
+    answers without error and Metadata lists at least ``min_brokers`` live brokers), else a
+    reason. ``auth``: log in to a secured listener first (TLS, SASL PLAIN)."""
     try:
         with _open_connection(host, port, auth, timeout_s) as sock:
             # ApiVersions v0 (key 18): empty body; every broker must answer it.
@@ -351,8 +365,8 @@ def probe_broker(host: str, port: int, timeout_s: float = 3.0,
             # Metadata v4 (key 3): topics = [] (none), allow_auto_topic_creation = false.
             resp = _kafka_request(sock, 3, 4, 2, struct.pack(">ib", 0, 0))
             (_throttle, n_brokers) = struct.unpack_from(">ii", resp, 0)
-            if n_brokers < 1:
-                return "no live broker in metadata yet"
+            if n_brokers < min_brokers:
+                return f"{n_brokers} of {min_brokers} brokers live in metadata"
             return None
     except (OSError, struct.error) as exc:
         return f"{type(exc).__name__}: {exc}"
@@ -360,13 +374,15 @@ def probe_broker(host: str, port: int, timeout_s: float = 3.0,
 
 def wait_until_ready(host: str, port: int, timeout_s: float = DEFAULT_TIMEOUT_S,
                      proc: Optional[subprocess.Popen] = None, pid: Optional[int] = None,
-                     interval_s: float = 0.25, auth: Optional["ClientAuth"] = None) -> None:
+                     interval_s: float = 0.25, auth: Optional["ClientAuth"] = None,
+                     min_brokers: int = 1) -> None:
     """Poll until host:port answers Kafka requests. Raises LocalKafkaError on timeout or if
     the broker process (``proc`` / ``pid``) exits first."""
     deadline = time.monotonic() + timeout_s
     reason = "not probed"
     while True:
-        reason = probe_broker(host, port, timeout_s=min(5.0, max(0.5, timeout_s)), auth=auth)
+        reason = probe_broker(host, port, timeout_s=min(5.0, max(0.5, timeout_s)), auth=auth,
+                              min_brokers=min_brokers)
         if reason is None:
             return
         if proc is not None and proc.poll() is not None:
@@ -444,15 +460,21 @@ def _new_cluster_id() -> str:
 
 
 def _server_properties(state_dir: Path, port: int, controller_port: int,
-                       security: Optional[dict[str, str]] = None) -> str:
+                       security: Optional[dict[str, str]] = None, *, node_id: int = NODE_ID,
+                       voters: Optional[dict[int, int]] = None) -> str:
     """The broker's configuration; ``security`` (from _security_properties) replaces the
-    PLAINTEXT listener and adds TLS, SASL and the authorizer."""
+    PLAINTEXT listener and adds TLS, SASL and the authorizer. ``voters`` (node id ->
+    controller port): the nodes of a cluster, whose topics then get replication 3 (at most
+    the cluster's size) and min.insync.replicas 2."""
     data_dir = state_dir / DATA_DIR
+    voters = voters or {node_id: controller_port}
+    rf = str(min(3, len(voters)))
+    min_isr = str(min(2, len(voters)))
     props = {
-        # single combined node
+        # combined broker+controller nodes
         "process.roles": "broker,controller",
-        "node.id": str(NODE_ID),
-        "controller.quorum.voters": f"{NODE_ID}@{HOST}:{controller_port}",
+        "node.id": str(node_id),
+        "controller.quorum.voters": ",".join(f"{n}@{HOST}:{p}" for n, p in sorted(voters.items())),
         "controller.listener.names": "CONTROLLER",
         "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
         "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
@@ -463,16 +485,16 @@ def _server_properties(state_dir: Path, port: int, controller_port: int,
         "auto.create.topics.enable": "false",
         "delete.topic.enable": "true",
         "num.partitions": "1",
-        "default.replication.factor": "1",
-        "min.insync.replicas": "1",
-        # internal topics on one node (idempotence / transactions / groups work with RF 1)
-        "offsets.topic.replication.factor": "1",
+        "default.replication.factor": rf,
+        "min.insync.replicas": min_isr,
+        # internal topics (on one node, idempotence / transactions / groups work with RF 1)
+        "offsets.topic.replication.factor": rf,
         "offsets.topic.num.partitions": "1",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.replication.factor": rf,
+        "transaction.state.log.min.isr": min_isr,
         "transaction.state.log.num.partitions": "1",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": rf,
+        "share.coordinator.state.topic.min.isr": min_isr,
         "group.initial.rebalance.delay.ms": "0",
         # small footprint for a shared 2-core dev box
         "num.network.threads": "2",
@@ -508,8 +530,8 @@ logger.zk.level = WARN
 """
 
 
-def _jvm_opts(state_dir: Path) -> list[str]:
-    heap = os.environ.get("KAFKA_HEAP_OPTS") or DEFAULT_HEAP_OPTS
+def _jvm_opts(state_dir: Path, heap_opts: str = DEFAULT_HEAP_OPTS) -> list[str]:
+    heap = os.environ.get("KAFKA_HEAP_OPTS") or heap_opts
     extra = os.environ.get("KAFKA_JVM_OPTS") or DEFAULT_JVM_OPTS
     return heap.split() + extra.split() + [
         f"-Dlog4j2.configurationFile={state_dir / LOG4J_PROPERTIES}",
@@ -813,6 +835,7 @@ class Broker:
     pid: int
     host: str = HOST
     already_running: bool = False
+    node_id: int = NODE_ID
     proc: Optional[subprocess.Popen] = field(default=None, repr=False, compare=False)
     # security mode -> port of its listener; the first one's port is ``port``
     listeners: dict[str, int] = field(default_factory=dict)
@@ -912,7 +935,8 @@ def running_broker(state_dir: Path) -> Optional[Broker]:
     listeners = {m: int(p) for m, p in (meta.get("listeners") or {"plaintext": port}).items()}
     return Broker(state_dir=state_dir, port=port,
                   controller_port=int(meta.get("controller_port", 0)), pid=pid,
-                  already_running=True, listeners=listeners)
+                  already_running=True, listeners=listeners,
+                  node_id=int(meta.get("node_id", NODE_ID)))
 
 
 def _format_storage(java: str, classpath: str, state_dir: Path, cluster_id: str,
@@ -934,6 +958,21 @@ def _format_storage(java: str, classpath: str, state_dir: Path, cluster_id: str,
         tail = "\n".join((proc.stdout or "").splitlines()[-40:])
         raise LocalKafkaError(f"formatting KRaft storage failed (exit {proc.returncode}):\n"
                               f"{tail}")
+
+
+def _spawn(java: str, classpath: str, state_dir: Path, heap_opts: str = DEFAULT_HEAP_OPTS) -> subprocess.Popen:
+    """Run the node configured in ``state_dir`` (its own session; pid file, log rotated)."""
+    log_path = state_dir / LOG_FILE
+    if log_path.exists():
+        os.replace(log_path, state_dir / (LOG_FILE + ".prev"))
+    cmd = [java, *_jvm_opts(state_dir, heap_opts), "-cp", classpath, MAIN_CLASS,
+           str(state_dir / SERVER_PROPERTIES)]
+    with open(log_path, "ab") as log_fh:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_fh,
+                                stderr=subprocess.STDOUT, cwd=str(state_dir),
+                                start_new_session=True, close_fds=True)
+    _write_atomic(state_dir / PID_FILE, f"{proc.pid}\n")
+    return proc
 
 
 def start_broker(state_dir: Path | str = DEFAULT_STATE_DIR, port: Optional[int] = None,
@@ -960,6 +999,9 @@ def start_broker(state_dir: Path | str = DEFAULT_STATE_DIR, port: Optional[int] 
         port = int(os.environ.get("KAFKA_PORT") or (SECURED_DEFAULT_PORT if secured else DEFAULT_PORT))
     with _state_lock(state_dir):
         meta = _read_meta(state_dir)
+        if meta.get("nodes"):
+            raise LocalKafkaError(f"{state_dir} holds a cluster of {len(meta['nodes'])} brokers: "
+                                  f"use another --state-dir, or --brokers {len(meta['nodes'])}")
         data_dir = state_dir / DATA_DIR
         formatted = (data_dir / "meta.properties").is_file()
         wanted_users = [ADMIN_USER, REPLAY_USER, *(u for u in users if u not in (ADMIN_USER, REPLAY_USER))]
@@ -1025,15 +1067,7 @@ def start_broker(state_dir: Path | str = DEFAULT_STATE_DIR, port: Optional[int] 
                             credentials if any(m.startswith("sasl") for m in modes) else None)
 
         log_path = state_dir / LOG_FILE
-        if log_path.exists():
-            os.replace(log_path, state_dir / (LOG_FILE + ".prev"))
-        cmd = [java, *_jvm_opts(state_dir), "-cp", classpath, MAIN_CLASS,
-               str(state_dir / SERVER_PROPERTIES)]
-        with open(log_path, "ab") as log_fh:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_fh,
-                                    stderr=subprocess.STDOUT, cwd=str(state_dir),
-                                    start_new_session=True, close_fds=True)
-        _write_atomic(pid_file, f"{proc.pid}\n")
+        proc = _spawn(java, classpath, state_dir)
         broker = Broker(state_dir=state_dir, port=port, controller_port=controller_port,
                         pid=proc.pid, proc=proc, listeners=listeners)
         try:
@@ -1055,8 +1089,19 @@ def start_broker(state_dir: Path | str = DEFAULT_STATE_DIR, port: Optional[int] 
 
 def stop_broker(state_dir: Path | str = DEFAULT_STATE_DIR,
                 timeout_s: float = STOP_TIMEOUT_S) -> bool:
-    """Stop the broker started from ``state_dir``. True if one was running."""
+    """Stop the broker (or every node of the cluster) started from ``state_dir``. True if
+    one was running."""
     state_dir = Path(state_dir).resolve()
+    nodes = _read_meta(state_dir).get("nodes")
+    if nodes:
+        # All at once: a node stopped after the quorum's majority waits for it in vain.
+        running = [b for b in (running_broker(_node_dir(state_dir, n["node_id"])) for n in nodes) if b]
+        for node in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.pid, signal.SIGTERM)
+        for n in nodes:
+            stop_broker(_node_dir(state_dir, n["node_id"]), timeout_s)
+        return bool(running)
     with _state_lock(state_dir):
         pid = _read_pid(state_dir)
         was_running = False
@@ -1067,18 +1112,187 @@ def stop_broker(state_dir: Path | str = DEFAULT_STATE_DIR,
     return was_running
 
 
+# --------------------------------------------------------------------------- cluster
+
+
+def _node_dir(state_dir: Path, node_id: int) -> Path:
+    return state_dir / f"node-{node_id}"
+
+
+@dataclass
+class Cluster:
+    """A KRaft cluster of combined broker+controller nodes, one state dir each
+    (``<state>/node-<id>``, laid out as a single broker's)."""
+    state_dir: Path
+    nodes: list[Broker]  # every node, running or not, by node id
+    already_running: bool = False
+    cache_dir: Optional[Path] = None  # of the resolved classpath (default: the state dir)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(node.bootstrap_servers for node in self.nodes)
+
+    def node(self, node_id: int) -> Broker:
+        return next(node for node in self.nodes if node.node_id == node_id)
+
+    def start_node(self, node_id: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> Broker:
+        """(Re)start one node on its own port and data dir; waits until it serves clients."""
+        old = self.node(node_id)
+        if old.is_running():
+            return old
+        with _state_lock(old.state_dir):
+            proc = _spawn(_find_java(), resolve_classpath(self.state_dir, self.cache_dir),
+                          old.state_dir, CLUSTER_HEAP_OPTS)
+        node = Broker(state_dir=old.state_dir, port=old.port, controller_port=old.controller_port,
+                      pid=proc.pid, proc=proc, node_id=node_id)
+        self.nodes[self.nodes.index(old)] = node
+        try:
+            wait_until_ready(HOST, node.port, timeout_s, proc=proc)
+        except LocalKafkaError as exc:
+            raise LocalKafkaError(f"node {node_id}: {exc}\n--- tail of {node.log_path} ---\n"
+                                  f"{_tail(node.log_path)}") from None
+        return node
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> bool:
+        return stop_broker(self.state_dir, timeout_s)
+
+
+def running_cluster(state_dir: Path) -> Optional[Cluster]:
+    """The cluster recorded in ``state_dir`` (nodes not running have pid 0), else None."""
+    state_dir = Path(state_dir).resolve()
+    nodes = []
+    for n in _read_meta(state_dir).get("nodes") or ():
+        node_dir = _node_dir(state_dir, n["node_id"])
+        nodes.append(running_broker(node_dir) or Broker(
+            state_dir=node_dir, port=n["port"], controller_port=n["controller_port"], pid=0,
+            node_id=n["node_id"]))
+    return Cluster(state_dir, nodes, already_running=True) if nodes else None
+
+
+def start_cluster(state_dir: Path | str, brokers: int = 3, port: Optional[int] = None,
+                  timeout_s: float = DEFAULT_TIMEOUT_S, *,
+                  cache_dir: Optional[Path | str] = None) -> Cluster:
+    """Start (or find running) a cluster of ``brokers`` nodes sharing one cluster id, with
+    replication 3 and min.insync.replicas 2, and wait until every node sees all of them.
+
+    Ports ``port``, ``port + 1``, ... (default: those of the last start, else $KAFKA_PORT,
+    else 9092); ``port=0``: any free ones. Nodes that are down while others run come back on
+    their own ports."""
+    if brokers < 2:
+        raise LocalKafkaError(f"brokers={brokers}: a cluster has at least 2 (else start_broker)")
+    state_dir = Path(state_dir).resolve()
+    with _state_lock(state_dir):
+        meta = _read_meta(state_dir)
+        if (state_dir / DATA_DIR).exists() or len(meta.get("nodes") or [None] * brokers) != brokers:
+            raise LocalKafkaError(
+                f"{state_dir} holds a broker of {len(meta.get('nodes') or [1])} node(s); asked for "
+                f"{brokers}: use another --state-dir, or remove this one")
+        cluster = running_cluster(state_dir)
+        if cluster and all(node.pid for node in cluster.nodes):
+            cluster.cache_dir = Path(cache_dir) if cache_dir else None
+            for node in cluster.nodes:
+                wait_until_ready(HOST, node.port, timeout_s, pid=node.pid, min_brokers=brokers)
+            return cluster
+        java = _find_java()
+        classpath = resolve_classpath(state_dir, Path(cache_dir) if cache_dir else None)
+        if cluster is None or not any(node.pid for node in cluster.nodes):
+            # None running: (re)configure every node; the quorum's ports go in every config.
+            old = {n["node_id"]: n for n in meta.get("nodes") or ()}
+            if port is None and not old:
+                port = int(os.environ.get("KAFKA_PORT") or DEFAULT_PORT)
+            ports: list[int] = []
+            for i in range(brokers):
+                wanted = (old[i + 1]["port"] if port is None else
+                          free_port(exclude=tuple(ports)) if port == 0 else port + i)
+                if not port_is_free(wanted):
+                    raise LocalKafkaError(f"port {wanted} on {HOST} (node {i + 1}) is already in "
+                                          f"use; pick another with --port / KAFKA_PORT")
+                ports.append(wanted)
+            controllers: list[int] = []
+            for i in range(brokers):
+                previous = int(old.get(i + 1, {}).get("controller_port") or 0)
+                taken = (*ports, *controllers)
+                controllers.append(previous if previous and previous not in taken and port_is_free(previous)
+                                   else free_port(exclude=taken))
+            meta.update(brokers=brokers, cluster_id=meta.get("cluster_id") or _new_cluster_id(),
+                        kafka_version=kafka_version(), host=HOST,
+                        nodes=[{"node_id": i + 1, "port": ports[i], "controller_port": controllers[i]}
+                               for i in range(brokers)])
+            _write_atomic(state_dir / META_FILE, json.dumps(meta, indent=2) + "\n")
+            voters = {n["node_id"]: n["controller_port"] for n in meta["nodes"]}
+            for n in meta["nodes"]:
+                node_dir = _node_dir(state_dir, n["node_id"])
+                node_dir.mkdir(exist_ok=True)
+                _write_atomic(node_dir / META_FILE, json.dumps(n, indent=2) + "\n")
+                _write_atomic(node_dir / SERVER_PROPERTIES, _server_properties(
+                    node_dir, n["port"], n["controller_port"], node_id=n["node_id"], voters=voters))
+                _write_atomic(node_dir / LOG4J_PROPERTIES, LOG4J2_PROPERTIES)
+                if not (node_dir / DATA_DIR / "meta.properties").is_file():
+                    (node_dir / DATA_DIR).mkdir(exist_ok=True)
+                    _format_storage(java, classpath, node_dir, meta["cluster_id"])
+            cluster = running_cluster(state_dir)
+        cluster.cache_dir = Path(cache_dir) if cache_dir else None
+        started = []
+        try:
+            for i, node in enumerate(cluster.nodes):
+                if not node.pid:
+                    proc = _spawn(java, classpath, node.state_dir, CLUSTER_HEAP_OPTS)
+                    cluster.nodes[i] = node = Broker(
+                        state_dir=node.state_dir, port=node.port, controller_port=node.controller_port,
+                        pid=proc.pid, proc=proc, node_id=node.node_id)
+                    started.append(node)
+            cluster.already_running = False
+            for node in cluster.nodes:
+                try:
+                    wait_until_ready(HOST, node.port, timeout_s, proc=node.proc, pid=node.pid,
+                                     min_brokers=brokers)
+                except LocalKafkaError as exc:
+                    raise LocalKafkaError(f"node {node.node_id}: {exc}\n--- tail of {node.log_path} "
+                                          f"---\n{_tail(node.log_path)}") from None
+        except BaseException:
+            for node in started:
+                with contextlib.suppress(Exception):
+                    node.stop(10.0)
+            raise
+        return cluster
+
+
 # --------------------------------------------------------------------------- CLI
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
-    """--state-dir, else .kafka (plaintext) or .kafka-<security> (one per secured mode)."""
+    """--state-dir, else .kafka (plaintext), .kafka-<security> (one per secured mode) or
+    .kafka-cluster (--brokers N)."""
     if args.state_dir:
         return Path(args.state_dir).resolve()
+    if args.brokers > 1:
+        return REPO_ROOT / ".kafka-cluster"
     security = getattr(args, "security", "plaintext")
     return DEFAULT_STATE_DIR if security == "plaintext" else REPO_ROOT / f".kafka-{security}"
 
 
+def _cmd_up_cluster(args: argparse.Namespace) -> int:
+    if args.security != "plaintext":
+        raise LocalKafkaError(f"--brokers {args.brokers}: a cluster is plaintext only "
+                              f"(--security {args.security} is for a single broker)")
+    t0 = time.monotonic()
+    cluster = start_cluster(_state_dir(args), args.brokers, args.port, args.timeout,
+                            cache_dir=args.cache_dir)
+    pids = ", ".join(str(node.pid) for node in cluster.nodes)
+    if cluster.already_running:
+        print(f"Kafka cluster of {args.brokers} brokers already up (pids {pids})")
+    else:
+        print(f"Kafka {kafka_version()} cluster of {args.brokers} brokers up in "
+              f"{time.monotonic() - t0:.1f}s (pids {pids}; replication 3, min.insync.replicas 2)")
+    print(f"  bootstrap servers: {cluster.bootstrap_servers}")
+    print(f"  data dirs:         {cluster.state_dir}/node-*/{DATA_DIR}")
+    print(f"  log files:         {cluster.state_dir}/node-*/{LOG_FILE}")
+    return 0
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
+    if args.brokers > 1:
+        return _cmd_up_cluster(args)
     state_dir = _state_dir(args)
     secured = args.security != "plaintext"
     # Secured: stdout carries only the `export` lines (for eval), the rest goes to stderr.
@@ -1124,9 +1338,11 @@ def _cmd_env(args: argparse.Namespace) -> int:
 
 def _cmd_down(args: argparse.Namespace) -> int:
     state_dir = _state_dir(args)
-    pid = _read_pid(state_dir)
+    cluster = running_cluster(state_dir)
+    pids = [node.pid for node in cluster.nodes if node.pid] if cluster else [_read_pid(state_dir)]
     if stop_broker(state_dir, args.timeout):
-        print(f"Kafka broker stopped (pid {pid}, state dir {state_dir})")
+        print(f"Kafka {'cluster' if cluster else 'broker'} stopped "
+              f"(pid {', '.join(map(str, pids))}, state dir {state_dir})")
     else:
         print(f"no Kafka broker running for state dir {state_dir}")
     return 0
@@ -1134,6 +1350,17 @@ def _cmd_down(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     state_dir = _state_dir(args)
+    cluster = running_cluster(state_dir)
+    if cluster is not None:
+        running = [node for node in cluster.nodes if node.pid]
+        print(f"Kafka cluster: {len(running)} of {len(cluster.nodes)} brokers running "
+              f"(state dir {state_dir})")
+        for node in cluster.nodes:
+            reason = probe_broker(HOST, node.port, min_brokers=len(cluster.nodes)) if node.pid else "not running"
+            print(f"  node {node.node_id} on {node.bootstrap_servers}: "
+                  + (f"pid {node.pid}, " if node.pid else "") + ("ready" if reason is None else reason))
+        print(f"  bootstrap servers: {cluster.bootstrap_servers}")
+        return 0 if len(running) == len(cluster.nodes) else 1
     broker = running_broker(state_dir)
     if broker is None:
         print(f"Kafka broker not running (state dir {state_dir})")
@@ -1148,21 +1375,26 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="local_kafka.py",
-        description="Run a single-node Apache Kafka broker (KRaft) on 127.0.0.1, no Docker.")
+        description="Run an Apache Kafka broker, or a cluster of them (KRaft), on 127.0.0.1, no Docker.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_state(p: argparse.ArgumentParser) -> None:
         p.add_argument("--security", default="plaintext", choices=SECURITY_MODES,
                        help="plaintext (default), or a secured listener: TLS + SASL SCRAM/PLAIN, "
                             "mutual TLS, or SASL PLAIN/SCRAM without TLS; picks the default state dir")
+        p.add_argument("--brokers", type=int, default=1,
+                       help="1 (default), or N: a KRaft cluster of N brokers (replication 3, "
+                            "min.insync.replicas 2, plaintext) on ports --port, --port + 1, ...; "
+                            "picks the default state dir .kafka-cluster")
         p.add_argument("--state-dir", default=None,
                        help=f"pid file, logs, config and data (default: {DEFAULT_STATE_DIR}, "
-                            f"or .kafka-<security> when secured)")
+                            f".kafka-<security> when secured, .kafka-cluster for --brokers N)")
 
     up = sub.add_parser("up", help="start the broker (no-op if already up)")
     up.add_argument("--port", type=int, default=None,
                     help=f"the listener's port (default: $KAFKA_PORT, else {DEFAULT_PORT}, "
-                         f"or {SECURED_DEFAULT_PORT} when secured)")
+                         f"or {SECURED_DEFAULT_PORT} when secured); a cluster's first node's, "
+                         f"or 0: any free ports")
     up.add_argument("--user", default=REPLAY_USER,
                     help="secured: whose settings to print (default: %(default)s; or admin)")
     add_state(up)

@@ -170,3 +170,61 @@ def test_cli_up_is_idempotent_and_down_stops(tmp_path: Path, local_kafka) -> Non
     finally:
         if pid is not None and local_kafka.pid_alive(pid):
             local_kafka.stop_broker(state_dir)
+
+
+def test_cli_up_brokers_3_runs_a_replicated_cluster_that_status_and_down_handle(tmp_path: Path, local_kafka) -> None:
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+    from kafka.admin.client import CoordinatorType
+    from kafka.errors import KafkaError
+
+    state_dir = tmp_path / "cluster-state"
+    try:
+        up = _cli("up", "--brokers", "3", "--port", "0", state_dir=state_dir)
+        assert up.returncode == 0, up.stdout + up.stderr
+        [bootstrap] = [line.split(": ", 1)[1] for line in up.stdout.splitlines() if "bootstrap servers:" in line]
+        assert len(set(bootstrap.split(","))) == 3 and all(s.startswith("127.0.0.1:") for s in bootstrap.split(","))
+
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
+        try:
+            assert len(admin.describe_cluster()["brokers"]) == 3
+            # The broker's defaults: a topic created without a replication factor, and the
+            # transactions' internal one (made by the first FindCoordinator), get 3 replicas and
+            # min.insync.replicas 2.
+            admin.create_topics([NewTopic("defaults", 1, -1)], timeout_ms=30000)
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    admin._manager.run(admin._find_coordinator_id, "any", CoordinatorType.TRANSACTION)
+                    break
+                except KafkaError:
+                    assert time.monotonic() < deadline, "no transaction coordinator within 60 s"
+                    time.sleep(0.5)
+            admin.wait_for_topics(["defaults", "__transaction_state"], timeout_ms=30000)
+            for topic in ("defaults", "__transaction_state"):
+                [described] = admin.describe_topics([topic])
+                assert [len(p["replica_nodes"]) for p in described["partitions"]] == [3]
+            configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, "__transaction_state", {"min.insync.replicas": None})])
+            assert configs["topic"]["__transaction_state"]["min.insync.replicas"]["value"] == "2"
+            # (kafka-python lists no static broker default for a topic: the project's topics
+            # inherit the brokers' own setting)
+            assert "min.insync.replicas=2" in (state_dir / "node-1" / "server.properties").read_text().splitlines()
+        finally:
+            admin.close()
+
+        # One node dies: status says so (exit 1); up brings it back on its own port.
+        os.kill(int((state_dir / "node-2" / "kafka.pid").read_text()), 9)
+        status = _cli("status", state_dir=state_dir)
+        assert status.returncode == 1 and "2 of 3 brokers running" in status.stdout, status.stdout
+        again = _cli("up", "--brokers", "3", state_dir=state_dir)
+        assert again.returncode == 0 and f"bootstrap servers: {bootstrap}" in again.stdout, again.stdout + again.stderr
+        status = _cli("status", state_dir=state_dir)
+        assert status.returncode == 0 and status.stdout.count(": pid ") == 3, status.stdout
+
+        pids = [int((state_dir / f"node-{n}" / "kafka.pid").read_text()) for n in (1, 2, 3)]
+        down = _cli("down", state_dir=state_dir)
+        assert down.returncode == 0 and "cluster stopped" in down.stdout, down.stdout + down.stderr
+        assert not any(local_kafka.pid_alive(pid) for pid in pids)
+        assert _cli("status", state_dir=state_dir).returncode == 1
+    finally:
+        local_kafka.stop_broker(state_dir)
