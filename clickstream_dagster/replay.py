@@ -464,8 +464,15 @@ def run_replay(
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+@dataclass
+class StopSignal:
+    """The first stop signal a replay received, if any (``first_stop_signal_only``)."""
+
+    signum: int | None = None
+
+
 @contextlib.contextmanager
-def first_stop_signal_only() -> Iterator[None]:
+def first_stop_signal_only() -> Iterator[StopSignal]:
     """While inside, the first SIGINT or SIGTERM interrupts as its handler always did; any later
     one is ignored, so the stop that follows (abort, stop checkpoint, the stop line) completes.
 
@@ -474,27 +481,39 @@ def first_stop_signal_only() -> Iterator[None]:
     inside the first one's clean-up, and the step died without a word. The stop is bounded
     anyway (``close_timeout_s``). Only Python-level handlers are wrapped, in the main thread.
     """
+    received = StopSignal()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
     originals = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-    stopping = False
 
     def first_only(signum, frame) -> None:
-        nonlocal stopping
-        if stopping:
+        if received.signum is not None:
             return
-        stopping = True
+        received.signum = signum
         originals[signum](signum, frame)
 
     wrapped = [signum for signum, handler in originals.items() if callable(handler)]
     for signum in wrapped:
         signal.signal(signum, first_only)
     try:
-        yield
+        yield received
     finally:
         for signum in wrapped:
             signal.signal(signum, originals[signum])
+
+
+def tell_the_terminal(line: str) -> None:
+    """Write ``line`` on the process's controlling terminal, if it has one (best effort).
+
+    After Ctrl-C a step's own output no longer reaches the terminal it came from: Dagster
+    mirrors it there through ``tail`` processes of the same process group, and Ctrl-C ends them
+    too. The run's log has the line either way; this is for the person who pressed the keys."""
+    try:
+        with open("/dev/tty", "w") as terminal:
+            terminal.write(line + "\n")
+    except OSError:
+        pass  # no controlling terminal (a daemon-launched run, a pod): the run's log has it
 
 
 # Max pacing: messages sent between two clock reads, delivery checks, commit checks and

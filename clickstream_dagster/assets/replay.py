@@ -8,6 +8,7 @@ import datetime as dt
 import math
 import os
 import random
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -68,6 +69,7 @@ from clickstream_dagster.replay import (
     ReplayStopped,
     ReplayTiming,
     first_stop_signal_only,
+    tell_the_terminal,
     progress_line,
     run_replay,
 )
@@ -448,7 +450,7 @@ def click_data(
     # Ctrl-C signals the step twice (the terminal, then Dagster forwarding it): the second must
     # not cut the first one's stop short.
     closing_s = kafka.close_timeout_s
-    with first_stop_signal_only():
+    with first_stop_signal_only() as stop_signal:
         try:
             run_replay(
                 messages,
@@ -496,7 +498,10 @@ def click_data(
             ) from error
         except BaseException:
             # Terminated from the UI (DagsterExecutionInterruptedError) or crashed: say how far it got.
-            context.log.warning(f"replay of {day} stopped: {progress_line(progress, offsets_s)}")
+            stop_line = f"replay of {day} stopped: {progress_line(progress, offsets_s)}"
+            context.log.warning(stop_line)
+            if stop_signal.signum == signal.SIGINT:  # Ctrl-C: answer on the terminal it came from
+                tell_the_terminal(stop_line)
             context.log_event(
                 AssetObservation(asset_key=context.asset_key, partition=day, metadata={**settings, **_report(progress, attempts)})
             )

@@ -1,12 +1,15 @@
 """Replays under faults, against a real broker: kill -9, zombies, a dead or paused broker, a
 second writer. Every claim is checked by reading the topic back with read_committed."""
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import termios
 import threading
 import time
 import uuid
@@ -141,8 +144,12 @@ def first_commit_of(process: subprocess.Popen, bootstrap: str, topic: str, home:
     return wait_for(committed_or_exited, timeout_s, f"the first commit of the replay to {topic}", details=lambda: replay_logs(home))
 
 
-def cli_replay(prepared, bootstrap: str, home: Path, day: str = DAY, client: str = "kafka-python", **config) -> subprocess.Popen:
-    """``dagster asset materialize`` of one day, as a person runs it, in its own process group."""
+def cli_replay(
+    prepared, bootstrap: str, home: Path, day: str = DAY, client: str = "kafka-python", terminal: bool = False, **config
+) -> subprocess.Popen:
+    """``dagster asset materialize`` of one day, as a person runs it, in its own process group;
+    with ``terminal``, in a terminal of its own (a pty, its controlling terminal) whose screen
+    is copied into the log, as a person sees it."""
     env = os.environ | {
         "DAGSTER_HOME": str(home),
         "KAFKA_CLIENT": client,
@@ -156,7 +163,25 @@ def cli_replay(prepared, bootstrap: str, home: Path, day: str = DAY, client: str
         "--partition", day, "--config-json", json.dumps({"ops": {"click_data": {"config": config}}}),
     ]
     log = open(home / f"replay-{day}-{uuid.uuid4().hex[:6]}.log", "wb")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    if not terminal:
+        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    screen, tty = os.openpty()
+    process = subprocess.Popen(
+        command, env=env, stdin=tty, stdout=tty, stderr=tty, start_new_session=True,
+        # After setsid: the pty becomes the session's controlling terminal, as a shell's is.
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    )
+    os.close(tty)
+
+    def copy_the_screen() -> None:
+        with log, contextlib.suppress(OSError):  # EIO once every process on the terminal is gone
+            while chunk := os.read(screen, 65536):
+                log.write(chunk)
+                log.flush()
+        os.close(screen)
+
+    threading.Thread(target=copy_the_screen, daemon=True).start()
+    return process
 
 
 def kill_9_after(process: subprocess.Popen, bootstrap: str, topic: str, home: Path, rows: int) -> None:
@@ -312,7 +337,9 @@ def test_a_stopped_command_line_replay_reports_what_it_delivered_and_going_on_ne
     sending nothing; resume completes the day with every row once, restart replays it whole."""
     rows = day_rows(prepared)
     home = tmp_path / "home"
-    process = cli_replay(prepared, kafka_bootstrap_servers, home, topic=topic, pacing="fixed", interval_ms=10)
+    process = cli_replay(
+        prepared, kafka_bootstrap_servers, home, topic=topic, pacing="fixed", interval_ms=10, terminal=how == "ctrl-c"
+    )
     try:
         wait_for(lambda: (c := checkpoint_of(kafka_bootstrap_servers, topic)) and c.next_row >= 400, 120,
                  "400 committed rows", details=lambda: replay_logs(home))
@@ -323,7 +350,8 @@ def test_a_stopped_command_line_replay_reports_what_it_delivered_and_going_on_ne
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(10)
     # The run's own log, as the UI shows it. (On the terminal, Dagster's mirror of the step's
-    # output, a `tail` in the same process group, dies with Ctrl-C itself.)
+    # output, a `tail` in the same process group, dies with Ctrl-C itself: the step writes its
+    # stop line on the terminal directly.)
     with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
         [run] = instance.get_runs()
         logged = [entry.user_message for entry in instance.all_logs(run.run_id)]
@@ -342,6 +370,10 @@ def test_a_stopped_command_line_replay_reports_what_it_delivered_and_going_on_ne
     assert (day, total) == (DAY, rows.height) and 0 < delivered < total, stops
     committed = read_committed(kafka_bootstrap_servers, topic, settle_s=1)
     assert len(committed) == delivered
+    if how == "ctrl-c":  # and the person who pressed it reads the same line on the terminal
+        on_screen = wait_for(lambda: STOP_LINE.search(replay_logs(home, tail_chars=20_000)), 10, "the stop line on the terminal",
+                             details=lambda: replay_logs(home))
+        assert on_screen.groups() == (day, str(delivered), str(total))
     stopped = checkpoint_of(kafka_bootstrap_servers, topic)
     assert (stopped.status, stopped.next_row) == (ReplayStatus.STOPPED, delivered)
 
