@@ -5,7 +5,8 @@
         ▼
     clickstream_events   daily Parquet partitions, the days of CLICKSTREAM_DAYS, per-day checks
     clickstream_rejects  every line not kept, with its reason; check: every line accounted for
-        │  assets/replay.py       pure logic: pacing.py, encoding.py, replay.py, kafka_client.py
+        │  assets/replay.py       pure logic: pacing.py, encoding.py (typed_encoding.py), event_time.py,
+        │                         injection.py, replay.py, checkpoints.py; kafka_client.py, schema_registry.py
         ▼
     click_data           one day replayed into the Kafka topic `click-data`
 
