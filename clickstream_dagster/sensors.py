@@ -212,6 +212,11 @@ def replay_feed(context: SensorEvaluationContext):
     # The day moved on in event time and the round's visitors, unless REPLAY_FEED_CONFIG fixes them.
     moved = {"event_date": step.event_date, "visitor_epoch": step.visitor_epoch}
     config = {name: value for name, value in moved.items() if name not in config} | config
+    if step.after:
+        # The day before may still be playing: this run starts at once and waits for it in its
+        # own process (not in the queue: no topic tag until its step adds it), so that its first
+        # page view follows that day's last one after the recorded gap.
+        config = config | {"after_run": step.after}
     return SensorResult(
         run_requests=[
             RunRequest(
@@ -219,7 +224,7 @@ def replay_feed(context: SensorEvaluationContext):
                 run_key=f"{REPLAY_FEED}:{step.after or 'start'}:{step.day}",
                 partition_key=step.day,
                 run_config={"ops": {"click_data": {"config": config}}},
-                tags={TOPIC_TAG: config["topic"], PACING_TAG: config["pacing"], DAY_TAG: step.day},
+                tags={PACING_TAG: config["pacing"], DAY_TAG: step.day},
             )
         ],
         cursor=cursor,
