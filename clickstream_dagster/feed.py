@@ -120,7 +120,9 @@ def next_step(runs: Sequence[FeedRun], days: Sequence[str], *, queue_ahead: bool
         return FeedStep(None, f"{run.day} is replaying (run {run.run_id[:8]}); {day} follows when it ends")
     if len(in_progress) > 1:
         run, playing = in_progress[0], in_progress[1]
-        return FeedStep(None, f"{run.day} is up next (run {run.run_id[:8]}), waiting for {playing.day} to end")
+        return FeedStep(
+            None, f"{run.day} is up next (run {run.run_id[:8]}), waiting for {playing.day} to end"
+        )
     wait_s = backoff_s(failures)
     last_end = max((run.ended_at or 0.0 for run in runs if run.status in FINISHED), default=0.0)
     if wait_s and now < last_end + wait_s:

@@ -167,7 +167,8 @@ def topic_runs_one_at_a_time(instance: DagsterInstance, topic: str) -> bool:
     default_status=DefaultSensorStatus.STOPPED,
     description="A live feed: replays the 15 days one after the other, for ever, each starting when the "
     "previous one ends (original timing at REPLAY_FEED_SPEED into REPLAY_FEED_TOPIC). The next day "
-    "waits in the queue behind the one playing; a failed day is reported and the feed goes on. Event "
+    "is launched while the current one plays and waits in its run, so that its first page view follows "
+    "the day before's last one after the recorded gap; a failed day is reported and the feed goes on. Event "
     "time goes forward for ever (each day as of the day after the one before) and each round through "
     "the days brings new visitor ids (visitor_epoch = the round), unless REPLAY_FEED_CONFIG sets "
     "event_date or visitor_epoch.",

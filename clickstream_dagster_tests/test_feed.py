@@ -1,5 +1,6 @@
-"""replay_feed: the days one after the other, wrapping, one queued behind the one playing;
-its state is the run history (a restarted daemon goes on), a failed day is reported and skipped."""
+"""replay_feed: the days one after the other, wrapping, the next one up while one plays (it follows
+that one without a gap); its state is the run history (a restarted daemon goes on), a failed day is
+reported and skipped."""
 
 import datetime as dt
 import json

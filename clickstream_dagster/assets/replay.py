@@ -257,7 +257,9 @@ def _wait_for_topic(context: AssetExecutionContext, kafka: KafkaResource, config
             time.sleep(1.0 + random.random())
 
 
-def _wait_for_previous(context: AssetExecutionContext, kafka: KafkaResource, config: ReplayConfig) -> Checkpoint | None:
+def _wait_for_previous(
+    context: AssetExecutionContext, kafka: KafkaResource, config: ReplayConfig
+) -> Checkpoint | None:
     """Wait, with no producer of our own (starting one would fence it), until the replay of run
     ``after_run`` into the topic has finished, or the run has ended; return its finished
     checkpoint (None: it ended without finishing). A stopped replay may be retried within its run:
@@ -474,7 +476,9 @@ def click_data(
         return checkpoint
 
     previous = None
-    if config.after_run and replay_id == context.run.run_id and context.retry_number == 0:
+    if config.after_run:
+        # Also in a retry or re-execution: one that crashed while waiting must not start sooner
+        # (and once the previous replay finished, this returns at once).
         try:
             previous = _wait_for_previous(context, kafka, config)
         except BrokerUnavailable as error:
@@ -573,7 +577,9 @@ def click_data(
         # The silence a consumer saw between the two replays, against the recorded gap.
         gap_s = (progress.first_sent_ns // 1_000_000 - boundary["previous"].last_sent_ms) / 1000
         follows = {
-            **numeric({"boundary_gap_s": round(gap_s, 3), "boundary_target_s": round(boundary["target_s"], 3)}),
+            **numeric(
+                {"boundary_gap_s": round(gap_s, 3), "boundary_target_s": round(boundary["target_s"], 3)}
+            ),
             "follows_run": boundary["previous"].run_id,
         }
     yield MaterializeResult(

@@ -143,7 +143,9 @@ def test_days_follow_each_other_without_overlap_or_gap(gql, prepared_days, kafka
         assert (tags[TOPIC_TAG], tags[PACING_TAG], tags[DAY_TAG]) == (FEED_TOPIC, "original", day)
 
     # The next day's run is launched while the day before plays (how long before it ended).
-    ahead = [round(before["endTime"] - launched_at(gql, after["runId"]), 1) for before, after in itertools.pairwise(watched)]
+    ahead = [
+        round(before["endTime"] - launched_at(gql, after["runId"]), 1) for before, after in itertools.pairwise(watched)
+    ]
 
     # In the topic: each day's messages, all of one day before any of the next.
     records = read_topic(kafka_bootstrap_servers, FEED_TOPIC)
@@ -161,7 +163,7 @@ def test_days_follow_each_other_without_overlap_or_gap(gql, prepared_days, kafka
     # values carry; each day after the first reports that gap and its target.
     sent_ms = [sorted(json.loads(r.value)["timestamp"] for r in by_run[i]) for i in runs_ids]
     gaps = [(after[0] - before[-1]) / 1000 for before, after in itertools.pairwise(sent_ms)]
-    shown = f"boundary gaps {gaps} s (target {BOUNDARY_TARGET_S} s); next day launched {ahead} s before the end"
+    shown = f"boundary gaps {gaps} s (target {BOUNDARY_TARGET_S} s); next days launched {ahead} s before the end"
     assert all(abs(gap - BOUNDARY_TARGET_S) <= BOUNDARY_TOLERANCE_S for gap in gaps), shown
     for run_id, gap in zip(runs_ids[1:], gaps, strict=True):
         [materialization] = [m for m in gql.materializations(run_id) if m["asset"] == "click_data"]

@@ -448,7 +448,9 @@ def test_a_replay_following_another_waits_without_fencing_it_and_starts_after_th
     topic: it starts no producer until that replay finished (one would fence it), then sends its
     first page view one interval (its own pacing: 0.5 s) after the other's last one, within 1 s."""
     home = tmp_path / "home"  # one instance: the follower looks the first run up in it
-    first = cli_replay(prepared, kafka_bootstrap_servers, home, DAY, topic=topic, pacing="fixed", interval_ms=20, limit=400)
+    first = cli_replay(
+        prepared, kafka_bootstrap_servers, home, DAY, topic=topic, pacing="fixed", interval_ms=20, limit=400
+    )
 
     def first_run_id():
         if first.poll() is not None:
@@ -468,11 +470,12 @@ def test_a_replay_following_another_waits_without_fencing_it_and_starts_after_th
     by_day = defaultdict(list)
     for record in records:
         by_day[dict(record.headers)["source_day"].decode()].append(json.loads(record.value)["timestamp"])
-    assert_every_row_exactly_once([r for r in records if dict(r.headers)["source_day"] == DAY.encode()], day_rows(prepared).head(400))
+    first_day = [r for r in records if dict(r.headers)["source_day"] == DAY.encode()]
+    assert_every_row_exactly_once(first_day, day_rows(prepared).head(400))
     assert len(by_day[OTHER_DAY]) == 20
     gap_s = (min(by_day[OTHER_DAY]) - max(by_day[DAY])) / 1000
     # After the first day's last page view (never interleaved), by one interval, within 1 s.
-    assert 0 < gap_s and abs(gap_s - 0.5) <= 1.0, f"the second day's first page view came {gap_s} s after the first day's last"
+    assert 0 < gap_s and abs(gap_s - 0.5) <= 1.0, f"the second day's first page view came {gap_s} s after the first's last"
 
 
 def test_the_watchdog_fails_a_killed_command_line_run_and_leaves_a_live_one_alone(prepared, kafka_bootstrap_servers, tmp_path):
