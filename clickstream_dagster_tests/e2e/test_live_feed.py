@@ -6,9 +6,11 @@ the round boundary and new visitors in the second round.
 
 Its own ``dagster dev`` (the module's ``dagster_dev`` below overrides conftest's): the feed's
 settings are environment variables read when the code location loads. At speed 1000 with gaps
-clamped to 0.5..1 s and 60 messages a day, a day takes about 30 s of sending: time for the next
+clamped to 0.5..2 s and 60 messages a day, a day takes about 30 s of sending: time for the next
 day's run to start on a busy machine while it plays. A limited day's last page view is early in
-its day, so the gap to the next day's first is clamped to max_delay_s: the boundary's target.
+its day, so the gap to the next day's first is clamped to max_delay_s: the boundary's target, 2 s
+like a recorded gap at speed 1 (taking the topic over takes about 1-1.7 s here: a shorter target
+would measure that instead).
 """
 
 import datetime as dt
@@ -47,9 +49,9 @@ FEED_SETTINGS = {
     "CLICKSTREAM_DAYS": f"{WINDOW[0]}..{WINDOW[-1]}",
     "REPLAY_FEED_TOPIC": FEED_TOPIC,
     "REPLAY_FEED_SPEED": "1000",
-    "REPLAY_FEED_CONFIG": json.dumps({"limit": PER_DAY, "min_delay_s": 0.5, "max_delay_s": 1.0}),
+    "REPLAY_FEED_CONFIG": json.dumps({"limit": PER_DAY, "min_delay_s": 0.5, "max_delay_s": 2.0}),
 }
-BOUNDARY_TARGET_S = 1.0  # max_delay_s
+BOUNDARY_TARGET_S = 2.0  # max_delay_s
 # The issue's bound: a day's first page view within 1 s of the previous day's last one's due
 # time plus the recorded gap.
 BOUNDARY_TOLERANCE_S = 1.0
