@@ -53,6 +53,12 @@ class Checkpoint:
     attempt: int = 1
     stall_ms: int = 0
     progress_ms: int = 0
+    # Where the replay's schedule ends, for a replay that follows it without a gap (the live
+    # feed's next day): wall clock epoch ms when its last message is due (set once sending
+    # began) and when it was sent (finished only), and that message's event time. 0: unknown.
+    last_due_ms: int = 0
+    last_sent_ms: int = 0
+    last_event_ms: int = 0
 
     @property
     def key(self) -> bytes:
@@ -154,6 +160,11 @@ def plan_replay(
     if mine.status != ReplayStatus.FINISHED and mine.next_row > 0 and not restart:
         raise UnfinishedReplay(mine, now_ms)
     return ReplayPlan(start_row=0, resumed=None)
+
+
+def previous_replay(checkpoints: Iterable[Checkpoint], topic: str, replay_id: str) -> Checkpoint | None:
+    """The latest checkpoint of replay ``replay_id`` into ``topic`` (any day), if any."""
+    return next((c for c in checkpoints if c.topic == topic and c.replay_id == replay_id), None)
 
 
 def next_attempt(resumed: Checkpoint | None, run_id: str, now_ms: int) -> tuple[int, int]:

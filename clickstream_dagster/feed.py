@@ -101,9 +101,11 @@ def backoff_s(failures: int) -> float:
 def next_step(runs: Sequence[FeedRun], days: Sequence[str], *, queue_ahead: bool, now: float) -> FeedStep:
     """The feed's next move, given its runs newest first.
 
-    One day always waits in the queue behind the day being replayed (``queue_ahead``, when the
-    instance queues runs into one topic one at a time), so it starts the moment the other ends.
-    Without that guarantee, the next day is requested only once no feed run is in progress.
+    One day is always up next behind the day being replayed (``queue_ahead``, when the instance
+    queues runs into one topic one at a time): launched while that one plays, it waits in its
+    own process for it to finish (``after_run``), so its first page view follows the other's
+    last one after the recorded gap. Never two. Without that guarantee, the next day is requested
+    only once no feed run is in progress.
     """
     waiting = [run for run in runs if run.status in WAITING]
     if waiting:
@@ -116,6 +118,11 @@ def next_step(runs: Sequence[FeedRun], days: Sequence[str], *, queue_ahead: bool
     if in_progress and (not queue_ahead or failures >= FAILURES_BEFORE_BACKOFF):
         run = in_progress[0]
         return FeedStep(None, f"{run.day} is replaying (run {run.run_id[:8]}); {day} follows when it ends")
+    if len(in_progress) > 1:
+        run, playing = in_progress[0], in_progress[1]
+        return FeedStep(
+            None, f"{run.day} is up next (run {run.run_id[:8]}), waiting for {playing.day} to end"
+        )
     wait_s = backoff_s(failures)
     last_end = max((run.ended_at or 0.0 for run in runs if run.status in FINISHED), default=0.0)
     if wait_s and now < last_end + wait_s:

@@ -92,3 +92,21 @@ def send_offsets(original_timestamps: np.ndarray, pacing: Pacing) -> np.ndarray:
     if pacing.max_rate is not None:
         return np.arange(n, dtype=np.float64) / pacing.max_rate
     return np.zeros(n, dtype=np.float64)
+
+
+def boundary_wait_s(previous_event_s: float, first_event_s: float, pacing: Pacing) -> float:
+    """The wait between the previous replay's last message and this one's first, as between two
+    messages of one day: the recorded gap between their event times (clamped, at the speed) with
+    original pacing, one interval with fixed pacing, none at max pacing."""
+    return float(send_offsets(np.array([previous_event_s, first_event_s]), pacing)[1])
+
+
+def boundary_start_ms(
+    previous_due_ms: int, previous_event_s: float, first_event_s: float, pacing: Pacing, now_ms: int
+) -> tuple[int, float]:
+    """(when this replay's first message is due, wall clock epoch ms; the target gap in seconds)
+    for a replay following one whose last message was due at ``previous_due_ms``: that due time
+    plus the boundary wait, or now if that is already past (the lateness then shows in the
+    achieved gap)."""
+    target_s = boundary_wait_s(previous_event_s, first_event_s, pacing)
+    return max(previous_due_ms + round(target_s * 1000), now_ms), target_s

@@ -141,6 +141,13 @@ class ReplayProgress:
     # The first messages exactly as sent (key, value), for the run's preview.
     first_messages: list[tuple[bytes, bytes]] = field(default_factory=list)
     keep_first: int = 5
+    # Wall clock (epoch ns): when the schedule's first and last messages are due, and when the
+    # first and the last message were handed over (0: none yet). What a replay following this
+    # one without a gap starts from, and how close to its target it started.
+    first_due_ns: int = 0
+    last_due_ns: int = 0
+    first_sent_ns: int = 0
+    last_sent_ns: int = 0
 
     @property
     def rate(self) -> float:
@@ -214,11 +221,14 @@ def run_replay(
     on_progress: Callable[[ReplayProgress], None] = lambda p: None,
     should_stop: Callable[[], str | None] = lambda: None,
     paced: bool = True,
+    start_delay_s: float = 0.0,
     timing: ReplayTiming = ReplayTiming(),
 ) -> ReplayProgress:
     """Send rows ``start_row..`` of ``messages``, row ``i`` at ``offsets_s[i] - offsets_s[start_row]``
     after the start, committing checkpoints along the way; then commit the last one as finished.
 
+    ``start_delay_s``: the first message is due that long after the call (a replay that follows
+    another one without a gap); heartbeat commits keep the claim on the topic meanwhile.
     ``record_timestamps_ms`` sets each Kafka record's timestamp (None: the send time).
     ``should_stop`` is asked at every commit; a reason stops the replay with ``ReplayStopped``.
     Pass a ``progress`` to keep it if the loop is interrupted (a run is cancelled): on any
@@ -237,8 +247,11 @@ def run_replay(
     due_s = (np.asarray(offsets_s[start_row:], dtype=np.float64) - (offsets_s[start_row] if count else 0.0)).tolist()
     pending: deque[tuple[Delivery, int, int]] = deque()  # (delivery, size, index in this attempt)
     acked_at = np.zeros(count, dtype=np.float64)  # filled by delivery callbacks (paced only)
-    start = clock()
-    last_commit = start
+    called = clock()
+    start = called + max(start_delay_s, 0.0)
+    progress.first_due_ns = now_ns() + round((start - called) * 1e9)
+    progress.last_due_ns = progress.first_due_ns + round((due_s[-1] if count else 0.0) * 1e9)
+    last_commit = called
     checkpointed = [0]  # rows covered by the last checkpoint written
     # What a commit takes, as the median of the recent ones: a wait too short to hold one is not
     # spent committing. A median, so one slow commit does not push every message after it back
@@ -254,7 +267,7 @@ def run_replay(
     # the counts do not show yet.
     committing: list[int | None] = [None]
     tenth = max(count // 10, 1)
-    next_tenth, last_report = tenth, start
+    next_tenth, last_report = tenth, called
 
     def record_spans(spans: dict[int, list[int]]) -> None:
         for partition, (first, last) in spans.items():
@@ -388,6 +401,8 @@ def run_replay(
                 next_tenth += tenth
 
     try:
+        if start > called:
+            wait_until(start)
         if not paced:
             # No schedule to keep: a loop of its own, with the clock and the checks once per batch.
             _send_at_max_pace(
@@ -399,7 +414,11 @@ def run_replay(
             due = start + due_s[j]
             now = wait_until(due) if paced else clock()
             lateness[j] = now - due
-            value = messages.value(i, now_ns())
+            sent_ns = now_ns()
+            value = messages.value(i, sent_ns)
+            progress.last_sent_ns = sent_ns
+            if not progress.first_sent_ns:
+                progress.first_sent_ns = sent_ns
             record_ts = record_timestamps_ms[i] if record_timestamps_ms is not None else None
             delivery = publisher.send(messages.keys[i], value, record_ts)
             if paced and not transactional:
@@ -457,7 +476,7 @@ def run_replay(
         progress.cleanup_s = clock() - stopping_since
         raise
     finally:
-        progress.elapsed_s = clock() - start
+        progress.elapsed_s = max(clock() - start, 0.0)
     return progress
 
 
@@ -551,7 +570,10 @@ def _send_at_max_pace(
         last = min(first + MAX_PACE_BATCH, count)
         lateness[first:last] = clock() - start  # hand-off time: commit_due measures waits from it
         rows = slice(start_row + first, start_row + last)
-        values = messages.values(rows.start, rows.stop, now_ns())
+        sent_ns = now_ns()
+        values = messages.values(rows.start, rows.stop, sent_ns)
+        progress.first_sent_ns = progress.first_sent_ns or sent_ns
+        progress.last_sent_ns = sent_ns
         if send_batch is not None:
             batch = new_batch()
             try:

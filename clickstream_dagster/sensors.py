@@ -167,7 +167,8 @@ def topic_runs_one_at_a_time(instance: DagsterInstance, topic: str) -> bool:
     default_status=DefaultSensorStatus.STOPPED,
     description="A live feed: replays the 15 days one after the other, for ever, each starting when the "
     "previous one ends (original timing at REPLAY_FEED_SPEED into REPLAY_FEED_TOPIC). The next day "
-    "waits in the queue behind the one playing; a failed day is reported and the feed goes on. Event "
+    "is launched while the current one plays and waits in its run, so that its first page view follows "
+    "the day before's last one after the recorded gap; a failed day is reported and the feed goes on. Event "
     "time goes forward for ever (each day as of the day after the one before) and each round through "
     "the days brings new visitor ids (visitor_epoch = the round), unless REPLAY_FEED_CONFIG sets "
     "event_date or visitor_epoch.",
@@ -212,6 +213,11 @@ def replay_feed(context: SensorEvaluationContext):
     # The day moved on in event time and the round's visitors, unless REPLAY_FEED_CONFIG fixes them.
     moved = {"event_date": step.event_date, "visitor_epoch": step.visitor_epoch}
     config = {name: value for name, value in moved.items() if name not in config} | config
+    if step.after:
+        # The day before may still be playing: this run starts at once and waits for it in its
+        # own process (not in the queue: no topic tag until its step adds it), so that its first
+        # page view follows that day's last one after the recorded gap.
+        config = config | {"after_run": step.after}
     return SensorResult(
         run_requests=[
             RunRequest(
@@ -219,7 +225,7 @@ def replay_feed(context: SensorEvaluationContext):
                 run_key=f"{REPLAY_FEED}:{step.after or 'start'}:{step.day}",
                 partition_key=step.day,
                 run_config={"ops": {"click_data": {"config": config}}},
-                tags={TOPIC_TAG: config["topic"], PACING_TAG: config["pacing"], DAY_TAG: step.day},
+                tags={PACING_TAG: config["pacing"], DAY_TAG: step.day},
             )
         ],
         cursor=cursor,

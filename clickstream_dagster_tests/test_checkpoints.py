@@ -1,5 +1,6 @@
 """Where a replay starts, and who holds a topic: the pure rules behind resume and the lease."""
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -12,6 +13,7 @@ from clickstream_dagster.checkpoints import (
     abandoned_reason,
     next_attempt,
     plan_replay,
+    previous_replay,
     transactional_id,
 )
 
@@ -161,3 +163,26 @@ def test_an_attempt_counts_on_from_an_earlier_attempt_of_its_run_adding_the_time
 def test_another_run_counts_its_own_attempts():
     assert next_attempt(None, "run-B", NOW) == (1, 0)
     assert next_attempt(replace(checkpoint(), attempt=3, stall_ms=5_000), "run-B", NOW) == (1, 0)  # a resume, a re-execution
+
+
+def test_where_a_replay_ended_survives_the_round_trip_and_older_records_read_as_unknown():
+    record = replace(checkpoint(status=ReplayStatus.FINISHED), last_due_ms=5_000, last_sent_ms=5_040, last_event_ms=86_399_000)
+    assert Checkpoint.from_bytes(record.to_bytes()) == record
+    older = json.loads(record.to_bytes())
+    for name in ("last_due_ms", "last_sent_ms", "last_event_ms"):
+        del older[name]
+    assert Checkpoint.from_bytes(json.dumps(older).encode()).last_due_ms == 0
+
+
+def test_the_replay_a_following_one_waits_for_is_found_by_its_id_and_topic():
+    mine = checkpoint(replay_id="A", day="2012-03-04")
+    others = [checkpoint(replay_id="B", day="2012-03-05"), checkpoint(replay_id="A", topic="other", day="2012-03-03")]
+    assert previous_replay([*others, mine], "click-data", "A") == mine
+    assert previous_replay(others, "click-data", "A") is None
+
+
+def test_a_feed_run_waiting_for_the_day_before_is_not_abandoned():
+    # Its day's checkpoint is an earlier round's, long finished: not its own.
+    earlier_round = checkpoint(replay_id="A", status=ReplayStatus.FINISHED, age_s=86_400)
+    assert abandoned(earlier_round, run_id="run-waiting", run_quiet_s=86_400) is None
+    assert abandoned(None, run_id="run-waiting", run_quiet_s=86_400) is None

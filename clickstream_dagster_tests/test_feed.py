@@ -1,5 +1,6 @@
-"""replay_feed: the days one after the other, wrapping, one queued behind the one playing;
-its state is the run history (a restarted daemon goes on), a failed day is reported and skipped."""
+"""replay_feed: the days one after the other, wrapping, the next one up while one plays (it follows
+that one without a gap); its state is the run history (a restarted daemon goes on), a failed day is
+reported and skipped."""
 
 import datetime as dt
 import json
@@ -65,6 +66,15 @@ def test_one_day_waits_in_the_queue_never_two():
     runs = [run(3, "2012-03-05", "QUEUED"), run(2, "2012-03-04", "STARTED")]
     step = next_step(runs, DAYS, queue_ahead=True, now=0)
     assert step.day is None and "2012-03-05 is queued next (run run0003-)" in step.reason
+
+
+def test_one_day_waits_in_its_run_for_the_one_playing_never_two():
+    """The next day's run starts at once (not queued behind the topic) and waits in its process."""
+    runs = [run(3, "2012-03-05", "STARTED"), run(2, "2012-03-04", "STARTED"), run(1, "2012-03-03", "SUCCESS", 1)]
+    step = next_step(runs, DAYS, queue_ahead=True, now=5)
+    assert step.day is None and "2012-03-05 is up next (run run0003-), waiting for 2012-03-04 to end" in step.reason
+    step = next_step([run(3, "2012-03-05", "STARTED"), run(2, "2012-03-04", "SUCCESS", 9)], DAYS, queue_ahead=True, now=10)
+    assert (step.day, step.after) == ("2012-03-06", "run0003-feed")
 
 
 def test_after_the_fifteenth_comes_the_first():
@@ -189,18 +199,15 @@ def test_a_restarted_daemon_goes_on_after_the_last_day_played(queued_instance):
     assert isinstance(request, RunRequest)
     assert request.partition_key == "2012-03-05"
     assert request.run_key == f"replay_feed:{last}:2012-03-05"
-    assert request.tags == {
-        "clickstream/topic": "click-data",
-        "clickstream/pacing": "original",
-        "clickstream/day": "2012-03-05",
-    }
+    # No topic tag: the run is not queued behind the day before; its step adds the tag.
+    assert request.tags == {"clickstream/pacing": "original", "clickstream/day": "2012-03-05"}
     # Runs without an event date (from before the feed moved days on) count as played as recorded.
     assert request.run_config == {
         "ops": {
             "click_data": {
                 "config": {
                     "topic": "click-data", "pacing": "original", "speed": 1.0, "restart": True,
-                    "event_date": "2012-03-05", "visitor_epoch": 0,
+                    "event_date": "2012-03-05", "visitor_epoch": 0, "after_run": last,
                 }
             }
         }
@@ -212,6 +219,8 @@ def test_the_next_day_is_queued_while_one_plays_and_only_one(queued_instance):
     playing = feed_run(queued_instance, "2012-03-15", DagsterRunStatus.STARTED)
     [request] = evaluate(queued_instance).run_requests
     assert (request.partition_key, request.run_key) == ("2012-03-01", f"replay_feed:{playing}:2012-03-01")
+    # It follows the one playing without a gap: it waits for that run's replay to finish.
+    assert request.run_config["ops"]["click_data"]["config"]["after_run"] == playing
     feed_run(
         queued_instance, "2012-03-01", DagsterRunStatus.NOT_STARTED
     )  # waiting: QUEUED needs a code origin

@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from clickstream_dagster.pacing import Pacing, PacingError, PacingMode, send_offsets
+from clickstream_dagster.pacing import Pacing, PacingError, PacingMode, boundary_start_ms, boundary_wait_s, send_offsets
 
 TS = np.array([100, 100, 103, 123, 124], dtype=np.int64)  # gaps 0, 3, 20, 1
 
@@ -90,3 +90,19 @@ def test_the_bounds_themselves_are_accepted():
 def test_an_out_of_range_setting_says_what_range_it_takes():
     with pytest.raises(PacingError, match=r"interval_ms=.* expected a number from 0 to 86400000 \(a day\)"):
         Pacing(interval_ms=1e15)
+
+
+def test_the_wait_between_two_replays_is_the_recorded_gap_clamped_at_the_speed():
+    original = Pacing(mode="original", speed=2.0, min_delay_s=0.5, max_delay_s=3.0)
+    assert boundary_wait_s(100.0, 104.0, original) == pytest.approx(2.0)  # 4 s recorded, at speed 2
+    assert boundary_wait_s(100.0, 200.0, original) == pytest.approx(3.0)  # clamped to max_delay_s
+    assert boundary_wait_s(100.0, 100.2, original) == pytest.approx(0.5)  # ... and to min_delay_s
+    assert boundary_wait_s(100.0, 50.0, original) == pytest.approx(0.5)  # event time went back: min_delay_s
+    assert boundary_wait_s(100.0, 104.0, Pacing(mode="fixed", interval_ms=250)) == pytest.approx(0.25)
+    assert boundary_wait_s(100.0, 104.0, Pacing(mode="max")) == 0.0
+
+
+def test_a_following_replay_starts_at_the_previous_last_due_time_plus_the_gap_or_now_if_past():
+    pacing = Pacing(mode="original", speed=1.0, max_delay_s=10.0)
+    assert boundary_start_ms(50_000, 86_395.0, 86_401.5, pacing, now_ms=40_000) == (56_500, pytest.approx(6.5))
+    assert boundary_start_ms(50_000, 86_395.0, 86_401.5, pacing, now_ms=60_000) == (60_000, pytest.approx(6.5))

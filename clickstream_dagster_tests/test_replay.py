@@ -563,3 +563,27 @@ def test_only_the_first_stop_signal_interrupts_so_the_stop_itself_completes():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def test_a_replay_following_another_starts_its_schedule_later_and_holds_the_topic_meanwhile():
+    clock = FakeClock()
+    wall = lambda: round((clock.now - 1000.0) * 1e9) + 7_000_000_000  # noqa: E731 - wall clock, 7 s ahead
+    publisher = MemoryPublisher(clock, transactional=True)
+    progress = run_replay(
+        messages(3), np.array([0, 1, 3.0]), publisher, checkpoint=writer(3), start_delay_s=12.0,
+        timing=ReplayTiming(clock=clock.clock, sleep=clock.sleep, wall_clock_ns=wall, heartbeat_s=5.0),
+    )
+    assert [t - 1000.0 for *_, t in publisher.sent] == pytest.approx([12, 13, 15])
+    commits = [t - 1000.0 for t, _ in publisher.checkpoints]
+    assert commits[0] <= 5.0 and np.diff(commits).max() <= 5.0 + 1e-9  # the lease is renewed while waiting
+    assert progress.lateness_s.tolist() == pytest.approx([0, 0, 0])
+    # Where its schedule began and ended, and when it sent: what the next replay starts from.
+    assert (progress.first_due_ns, progress.last_due_ns) == (19_000_000_000, 22_000_000_000)
+    assert (progress.first_sent_ns, progress.last_sent_ns) == (19_000_000_000, 22_000_000_000)
+
+
+def test_a_start_already_past_starts_at_once():
+    clock = FakeClock()
+    publisher = MemoryPublisher(clock)
+    run_replay(messages(2), np.array([0, 1.0]), publisher, start_delay_s=-3.0, timing=timing(clock))
+    assert [t - 1000.0 for *_, t in publisher.sent] == pytest.approx([0, 1])

@@ -121,7 +121,7 @@ def wait_for_topic(instance, topic: str) -> None:
             " The Dagster daemon is not running (`make dev` stopped?): these runs will not move until it is."
         )
     if any(run.tags.get("dagster/sensor_name") == "replay_feed" for run in busy):
-        notes += " The live feed queues its next day as each one ends: switch replay_feed off first."
+        notes += " The live feed launches its next day while each one plays: switch replay_feed off first."
     if not WAIT:
         raise DemoError(
             f"{topic} is busy: {names}.{notes} Either wait for it (DEMO_WAIT=1 make demo waits, showing "

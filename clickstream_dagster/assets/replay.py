@@ -43,6 +43,7 @@ from clickstream_dagster.checkpoints import (
     UnfinishedReplay,
     next_attempt,
     plan_replay,
+    previous_replay,
     transactional_id,
 )
 from clickstream_dagster.event_time import EventTimeError, as_of, check_epoch, shift_days
@@ -58,7 +59,7 @@ from clickstream_dagster.injection import (
     recover_sent,
 )
 from clickstream_dagster.kafka_client import BrokerUnavailable, CheckpointsIncomplete, KafkaPublisher, NotAuthorized, TopicUnfit
-from clickstream_dagster.pacing import Pacing, PacingError, send_offsets
+from clickstream_dagster.pacing import Pacing, PacingError, boundary_start_ms, send_offsets
 from clickstream_dagster.partitions import clickstream_days
 from clickstream_dagster.readback import verify_replay
 from clickstream_dagster.replay import (
@@ -144,6 +145,11 @@ class ReplayConfig(Config):
     )
     injection_seed: int | None = Field(
         default=None, description="which rows are late or duplicated (default: from the day and topic)"
+    )
+    after_run: str | None = Field(
+        default=None,
+        description="follow the replay of this run into the topic without a gap (the live feed sets it): "
+        "wait for it to end, then send the first page view at its last one's due time plus the recorded gap",
     )
 
     def to_pacing(self) -> Pacing:
@@ -251,6 +257,37 @@ def _wait_for_topic(context: AssetExecutionContext, kafka: KafkaResource, config
                 context.log.info(f"waiting for the topic: {busy}")
                 last_said = time.monotonic()
             time.sleep(1.0 + random.random())
+
+
+def _wait_for_previous(
+    context: AssetExecutionContext, kafka: KafkaResource, config: ReplayConfig
+) -> Checkpoint | None:
+    """Wait, with no producer of our own (starting one would fence it), until the replay of run
+    ``after_run`` into the topic has finished, or the run has ended; return its finished
+    checkpoint (None: it ended without finishing). A stopped replay may be retried within its run:
+    waited for too. Polls often only near the end its checkpoint announces, so the next day starts
+    in time."""
+    last_said = -math.inf
+    orphaned = _launcher_watch()
+    while True:
+        run = context.instance.get_run_by_id(config.after_run)
+        ended = run is None or run.is_finished  # read before the checkpoints: they are then final
+        previous = previous_replay(kafka.checkpoints(), config.topic, config.after_run)
+        if previous is not None and previous.status == ReplayStatus.FINISHED:
+            return previous
+        if ended:
+            return None  # the topic's lease decides when this replay may start
+        if reason := orphaned():
+            raise Failure(f"waiting for run {config.after_run[:8]}: {reason}", allow_retries=False)
+        if time.monotonic() - last_said >= 60:
+            state = previous.describe(time.time_ns() // 1_000_000) if previous else "not sending yet"
+            context.log.info(f"waiting for run {config.after_run[:8]} to end before following it: {state}")
+            last_said = time.monotonic()
+        if previous is None or not previous.last_due_ms:  # not sending yet
+            time.sleep(1.0)
+        else:
+            to_end_s = (previous.last_due_ms - time.time_ns() // 1_000_000) / 1000
+            time.sleep(min(max(to_end_s - 3.0, 0.05), 2.0))
 
 
 def _starting_failure(context: AssetExecutionContext, config: ReplayConfig, error: BaseException) -> Failure:
@@ -396,6 +433,9 @@ def click_data(
 
     # This attempt's number in the run and the run's stall so far: set when the topic is claimed.
     attempts = {"attempt": 1, "stall_ms": 0}
+    # Where its schedule ends goes into the checkpoints, for a replay following this one.
+    progress = ReplayProgress(total=len(messages))
+    last_event_ms = round(float(injection.times_s[-1]) * 1000)
 
     def writer_for(plan: ReplayPlan, end_offsets: Callable[[], dict[int, int]]) -> CheckpointWriter:
         """Checkpoints of this replay: a resumed one keeps where it began and who wrote it, and
@@ -429,17 +469,38 @@ def click_data(
                 attempt=attempts["attempt"],
                 stall_ms=attempts["stall_ms"],
                 progress_ms=delivered["at_ms"],
+                last_due_ms=progress.last_due_ns // 1_000_000,
+                last_sent_ms=progress.last_sent_ns // 1_000_000 if status == ReplayStatus.FINISHED else 0,
+                last_event_ms=last_event_ms,
             )
             return record.key, record.to_bytes()
 
         return checkpoint
 
+    previous = None
+    if config.after_run:
+        # Also in a retry or re-execution: one that crashed while waiting must not start sooner
+        # (and once the previous replay finished, this returns at once).
+        try:
+            previous = _wait_for_previous(context, kafka, config)
+        except BrokerUnavailable as error:
+            raise _starting_failure(context, config, error) from error
     publisher, plan, checkpoint = _claim_topic(context, kafka, config, replay_id, writer_for, exactly_once)
+    # Following another replay: the first page view is due at its last one's due time plus the
+    # recorded gap (a fresh start only: a resumed replay keeps going at once).
+    start_delay_s, boundary = 0.0, {}
+    if previous is not None and previous.last_due_ms and plan.resumed is None:
+        now_ms = time.time_ns() // 1_000_000
+        start_ms, target_s = boundary_start_ms(
+            previous.last_due_ms, previous.last_event_ms / 1000, float(injection.times_s[0]), pacing, now_ms
+        )
+        start_delay_s = (start_ms - now_ms) / 1000
+        boundary = {"previous": previous, "target_s": target_s}
     if injection.late or injection.duplicates:
         publisher = LabelledPublisher(publisher, injection.labels, plan.start_row)
     if injection.duplicates and plan.resumed is not None:
         _recover_originals(context, kafka, config, injection, messages, plan)
-    progress = ReplayProgress(total=len(messages), start_row=plan.start_row)
+    progress.start_row = plan.start_row
     if plan.resumed is not None:
         context.log.info(f"resuming at row {plan.start_row}/{len(messages)}: {plan.resumed.describe(time.time_ns() // 1_000_000)}")
     context.log.info(
@@ -463,6 +524,7 @@ def click_data(
                 on_progress=lambda p: context.log.info(progress_line(p, offsets_s)),
                 should_stop=_launcher_watch(),
                 paced=pacing.is_paced,
+                start_delay_s=start_delay_s,
                 timing=ReplayTiming(progress_every_s=config.progress_interval_s, delivery_timeout_s=kafka.delivery_timeout_s),
             )
         except (DeliveryError, BrokerUnavailable, ReplayStopped) as caught:
@@ -515,11 +577,22 @@ def click_data(
         for key, value in progress.first_messages
     ]
     resumed = {"resumed_from_run": plan.resumed.run_id} if plan.resumed is not None else {}
+    follows = {}
+    if boundary and boundary["previous"].last_sent_ms and progress.first_sent_ns:
+        # The silence a consumer saw between the two replays, against the recorded gap.
+        gap_s = (progress.first_sent_ns // 1_000_000 - boundary["previous"].last_sent_ms) / 1000
+        follows = {
+            **numeric(
+                {"boundary_gap_s": round(gap_s, 3), "boundary_target_s": round(boundary["target_s"], 3)}
+            ),
+            "follows_run": boundary["previous"].run_id,
+        }
     yield MaterializeResult(
         metadata={
             **settings,
             **_report(progress, attempts),
             **resumed,
+            **follows,
             "replay_id": replay_id,
             "day_rows": MetadataValue.int(day_rows),
             "messages_planned": MetadataValue.int(events.height),

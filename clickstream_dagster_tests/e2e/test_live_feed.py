@@ -1,17 +1,21 @@
 """The live feed in the real webserver and daemon: switched on over GraphQL as the UI's toggle
-does, it replays the days one after the other, each a run, without overlap and without a gap,
-and goes on for ever: on a two-day window (CLICKSTREAM_DAYS), two rounds show event time going
-forward across the round boundary and new visitors in the second round.
+does, it replays the days one after the other, each a run, without overlap and without silence
+between days (the next day's run waits, already up, for the day before to finish), and goes on
+for ever: on a two-day window (CLICKSTREAM_DAYS), two rounds show event time going forward across
+the round boundary and new visitors in the second round.
 
 Its own ``dagster dev`` (the module's ``dagster_dev`` below overrides conftest's): the feed's
 settings are environment variables read when the code location loads. At speed 1000 with gaps
-clamped to 0.1 s and 60 messages a day, a day takes about 6 s of sending.
+clamped to 0.5..2 s and 60 messages a day, a day takes about 30 s of sending: time for the next
+day's run to start on a busy machine while it plays. A limited day's last page view is early in
+its day, so the gap to the next day's first is clamped to max_delay_s: the boundary's target, 2 s
+like a recorded gap at speed 1 (taking the topic over takes about 1-1.7 s here: a shorter target
+would measure that instead).
 """
 
 import datetime as dt
 import itertools
 import json
-import os
 import uuid
 from collections.abc import Iterator
 
@@ -45,14 +49,12 @@ FEED_SETTINGS = {
     "CLICKSTREAM_DAYS": f"{WINDOW[0]}..{WINDOW[-1]}",
     "REPLAY_FEED_TOPIC": FEED_TOPIC,
     "REPLAY_FEED_SPEED": "1000",
-    "REPLAY_FEED_CONFIG": json.dumps({"limit": PER_DAY, "max_delay_s": 0.1}),
+    "REPLAY_FEED_CONFIG": json.dumps({"limit": PER_DAY, "min_delay_s": 0.5, "max_delay_s": 2.0}),
 }
-# From the end of one day's run to the launch of the next (already queued): the queue's dequeue
-# interval (5 s by default) and the daemon's own pace on a small shared machine.
-MAX_LAUNCH_GAP_S = float(os.environ.get("E2E_FEED_MAX_LAUNCH_GAP_S") or 12)
-# The whole gap adds the new run worker's start (a Python process loading the code location),
-# which on a busy 2-core machine takes from a few seconds to tens of seconds.
-MAX_GAP_S = float(os.environ.get("E2E_FEED_MAX_GAP_S") or 60)
+BOUNDARY_TARGET_S = 2.0  # max_delay_s
+# The issue's bound: a day's first page view within 1 s of the previous day's last one's due
+# time plus the recorded gap.
+BOUNDARY_TOLERANCE_S = 1.0
 DAYS_WATCHED = 4  # two rounds of the window
 WATCHED_DAYS = [WINDOW[n % len(WINDOW)] for n in range(DAYS_WATCHED)]
 
@@ -142,15 +144,10 @@ def test_days_follow_each_other_without_overlap_or_gap(gql, prepared_days, kafka
         assert tags["dagster/partition"] == day
         assert (tags[TOPIC_TAG], tags[PACING_TAG], tags[DAY_TAG]) == (FEED_TOPIC, "original", day)
 
-    # Each starts when the previous one ends: no overlap; the next day, queued ahead, is launched
-    # within seconds of the end of the previous one.
-    gaps, launch_gaps = [], []
-    for before, after in itertools.pairwise(watched):
-        assert after["startTime"] >= before["endTime"], (before, after)
-        gaps.append(round(after["startTime"] - before["endTime"], 1))
-        launch_gaps.append(round(launched_at(gql, after["runId"]) - before["endTime"], 1))
-    shown = f"launched {launch_gaps} s and started {gaps} s after the previous day ended"
-    assert max(launch_gaps) <= MAX_LAUNCH_GAP_S and max(gaps) <= MAX_GAP_S, shown
+    # The next day's run is launched while the day before plays (how long before it ended).
+    ahead = [
+        round(before["endTime"] - launched_at(gql, after["runId"]), 1) for before, after in itertools.pairwise(watched)
+    ]
 
     # In the topic: each day's messages, all of one day before any of the next.
     records = read_topic(kafka_bootstrap_servers, FEED_TOPIC)
@@ -161,9 +158,20 @@ def test_days_follow_each_other_without_overlap_or_gap(gql, prepared_days, kafka
     expected = [min(PER_DAY, prepared_days[day]) for day in WATCHED_DAYS]
     assert [len(by_run.get(run_id, [])) for run_id in runs_ids] == expected
     spans = [(min(r.timestamp for r in by_run[i]), max(r.timestamp for r in by_run[i])) for i in runs_ids]
-    for before, after in itertools.pairwise(spans):
-        assert before[1] < after[0], spans
-        assert (after[0] - before[1]) / 1000 <= MAX_GAP_S + 5, spans
+    assert all(before[1] < after[0] for before, after in itertools.pairwise(spans)), spans
+
+    # No silence between days: the next day's first page view went out the recorded gap (clamped,
+    # at the speed) after the previous day's last one, within 1 s, measured from the send times the
+    # values carry; each day after the first reports that gap and its target.
+    sent_ms = [sorted(json.loads(r.value)["timestamp"] for r in by_run[i]) for i in runs_ids]
+    gaps = [(after[0] - before[-1]) / 1000 for before, after in itertools.pairwise(sent_ms)]
+    shown = f"boundary gaps {gaps} s (target {BOUNDARY_TARGET_S} s); next days launched {ahead} s before the end"
+    assert all(abs(gap - BOUNDARY_TARGET_S) <= BOUNDARY_TOLERANCE_S for gap in gaps), shown
+    for run_id, gap in zip(runs_ids[1:], gaps, strict=True):
+        [materialization] = [m for m in gql.materializations(run_id) if m["asset"] == "click_data"]
+        metadata = materialization["metadata"]
+        assert metadata["boundary_target_s"] == pytest.approx(BOUNDARY_TARGET_S), metadata
+        assert metadata["boundary_gap_s"] == pytest.approx(gap, abs=0.002), (metadata, shown)
 
     # Event time goes forward for ever: the n-th day played is the window's first day + n, across
     # the round boundary too; the second round's visitors are new ids.

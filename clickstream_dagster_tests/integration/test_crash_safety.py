@@ -473,6 +473,45 @@ def test_a_second_replay_into_the_topic_waits_for_the_first_and_never_interleave
     assert "is being written by replay" in log and f"of {DAY}" in log
 
 
+def test_a_replay_following_another_waits_without_fencing_it_and_starts_after_the_recorded_gap(
+    prepared, kafka_bootstrap_servers, topic, tmp_path
+):
+    """The live feed's next day (``after_run``), launched before the day before even claimed the
+    topic: it starts no producer until that replay finished (one would fence it), then sends its
+    first page view one interval (its own pacing: 2 s, a recorded gap at speed 1) after the other's
+    last one, within 1 s. Taking the topic over (seeing the finished checkpoint, starting a producer,
+    claiming) takes about 1-1.7 s here: a shorter target would measure that instead."""
+    home = tmp_path / "home"  # one instance: the follower looks the first run up in it
+    first = cli_replay(
+        prepared, kafka_bootstrap_servers, home, DAY, topic=topic, pacing="fixed", interval_ms=20, limit=400
+    )
+
+    def first_run_id():
+        if first.poll() is not None:
+            raise AssertionError(f"the first replay exited ({first.returncode})\n{replay_logs(home)}")
+        with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+            runs = instance.get_runs()
+        return runs[0].run_id if runs else None
+
+    after_run = wait_for(first_run_id, 90, "the first replay's run", details=lambda: replay_logs(home))
+    second = cli_replay(
+        prepared, kafka_bootstrap_servers, home, OTHER_DAY, topic=topic, pacing="fixed", interval_ms=2000, limit=5,
+        after_run=after_run,
+    )
+    assert first.wait(240) == 0, replay_logs(home)
+    assert second.wait(240) == 0, replay_logs(home)
+    records = read_committed(kafka_bootstrap_servers, topic)
+    by_day = defaultdict(list)
+    for record in records:
+        by_day[dict(record.headers)["source_day"].decode()].append(json.loads(record.value)["timestamp"])
+    first_day = [r for r in records if dict(r.headers)["source_day"] == DAY.encode()]
+    assert_every_row_exactly_once(first_day, day_rows(prepared).head(400))
+    assert len(by_day[OTHER_DAY]) == 5
+    gap_s = (min(by_day[OTHER_DAY]) - max(by_day[DAY])) / 1000
+    # After the first day's last page view (never interleaved), by one interval, within 1 s.
+    assert 0 < gap_s and abs(gap_s - 2.0) <= 1.0, f"the second day's first page view came {gap_s} s after the first's last"
+
+
 def test_the_watchdog_fails_a_killed_command_line_run_and_leaves_a_live_one_alone(prepared, kafka_bootstrap_servers, tmp_path):
     """kill -9 of a CLI run's process group leaves the run STARTED (nothing is left to end it):
     replay_watchdog, evaluated as the daemon does, marks it failed; a live run stays started."""
