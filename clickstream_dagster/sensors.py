@@ -165,7 +165,7 @@ def topic_runs_one_at_a_time(instance: DagsterInstance, topic: str) -> bool:
     job=replay_clickstream,
     minimum_interval_seconds=5,
     default_status=DefaultSensorStatus.STOPPED,
-    description="A live feed: replays the 15 days one after the other, for ever, each starting when the "
+    description="A live feed: replays the days of CLICKSTREAM_DAYS one after the other, for ever, each starting when the "
     "previous one ends (original timing at REPLAY_FEED_SPEED into REPLAY_FEED_TOPIC). The next day "
     "is launched while the current one plays and waits in its run, so that its first page view follows "
     "the day before's last one after the recorded gap; a failed day is reported and the feed goes on. Event "
