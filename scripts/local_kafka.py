@@ -979,7 +979,8 @@ def start_broker(state_dir: Path | str = DEFAULT_STATE_DIR, port: Optional[int] 
                  timeout_s: float = DEFAULT_TIMEOUT_S, *,
                  cache_dir: Optional[Path | str] = None,
                  security: str | Sequence[str] = "plaintext",
-                 users: Sequence[str] = ()) -> Broker:
+                 users: Sequence[str] = (),
+                 broker_properties: Optional[dict[str, str]] = None) -> Broker:
     """Start (or find already running) the broker of ``state_dir`` and wait until ready.
 
     ``port`` defaults to env KAFKA_PORT, else 9092 (9093 when secured). Returns a Broker; its
@@ -990,6 +991,8 @@ def start_broker(state_dir: Path | str = DEFAULT_STATE_DIR, port: Optional[int] 
     listener each (the first on ``port``, the others on free ports), users ``admin``,
     ``replayer`` and ``users`` (passwords, certificates), the replayer's ACLs granted.
     A state dir keeps the security it was first formatted with.
+    ``broker_properties``: server.properties entries set over the defaults (a test's broker
+    that must outlast a pause, for instance).
     Raises LocalKafkaError (with the broker log tail) on failure.
     """
     state_dir = Path(state_dir).resolve()
@@ -1055,10 +1058,12 @@ def start_broker(state_dir: Path | str = DEFAULT_STATE_DIR, port: Optional[int] 
         if secured:
             properties = _server_properties(
                 state_dir, port, controller_port,
-                _security_properties(state_dir, modes, listeners, controller_port, credentials))
+                _security_properties(state_dir, modes, listeners, controller_port, credentials)
+                | (broker_properties or {}))
             _write_private(state_dir / SERVER_PROPERTIES, properties)  # JAAS passwords inside
         else:
-            _write_atomic(state_dir / SERVER_PROPERTIES, _server_properties(state_dir, port, controller_port))
+            _write_atomic(state_dir / SERVER_PROPERTIES,
+                          _server_properties(state_dir, port, controller_port, broker_properties))
         _write_atomic(state_dir / LOG4J_PROPERTIES, LOG4J2_PROPERTIES)
 
         if not formatted:

@@ -603,8 +603,14 @@ def test_at_least_once_delivers_every_row_without_transactions(prepared, kafka_b
 
 @pytest.fixture
 def own_broker(local_kafka, tmp_path):
-    """A broker of this test's own, to kill or pause."""
-    broker = local_kafka.start_broker(tmp_path / "broker", local_kafka.free_port(), timeout_s=90, cache_dir=local_kafka.REPO_ROOT / ".kafka")
+    """A broker of this test's own, to kill or pause. Its controller is the broker itself: with
+    Kafka's 9 s broker session, a pause of 9 s or more makes it fence itself when it wakes up,
+    and its partitions stay leaderless for as long as re-registering takes (18 s and more on a
+    loaded machine, long enough to expire messages sent before the pause). A broker paused on a
+    real cluster hands its partitions to another replica instead; a 60 s session keeps these
+    tests about the client's patience, not about a one-node cluster's fencing."""
+    broker = local_kafka.start_broker(tmp_path / "broker", local_kafka.free_port(), timeout_s=90, cache_dir=local_kafka.REPO_ROOT / ".kafka",
+                                      broker_properties={"broker.session.timeout.ms": "60000"})
     yield broker
     with_signal = signal.SIGCONT
     try:
