@@ -19,7 +19,7 @@ export DAGSTER_PORT KAFKA_PORT KAFKA_STATE_DIR
 DAGSTER_POSTGRES_VERSION := 0.29.27
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: setup demo dev test test-unit kafka-up kafka-down kafka-status registry-up registry-down registry-status schemas bench-prepare bench-replay bench-parallel bench screenshots data clean
+.PHONY: setup demo dev test test-unit kafka-up kafka-down kafka-status kafka-logs registry-up registry-down registry-status registry-logs schemas bench-prepare bench-replay bench-parallel bench screenshots data clean
 
 # The virtualenv, re-made when pyproject.toml changes.
 setup: $(VENV)/.installed
@@ -73,6 +73,10 @@ kafka-down:
 kafka-status:
 	$(PYTHON) scripts/local_kafka.py status --brokers $(KAFKA_BROKERS) --security $(KAFKA_SECURITY) --state-dir "$(KAFKA_STATE_DIR)"
 
+# The end of the broker's log (every node's for KAFKA_BROKERS=3); LINES=200 for more.
+kafka-logs:
+	@$(PYTHON) scripts/local_kafka.py logs --brokers $(KAFKA_BROKERS) --security $(KAFKA_SECURITY) --state-dir "$(KAFKA_STATE_DIR)" --lines $(or $(LINES),60)
+
 # The local schema registry (Apicurio, Confluent-compatible API): eval "$$(make -s registry-up)"
 registry-up:
 	@$(PYTHON) scripts/local_registry.py up --port $(REGISTRY_PORT) --state-dir "$(REGISTRY_STATE_DIR)"
@@ -82,6 +86,9 @@ registry-down:
 
 registry-status:
 	$(PYTHON) scripts/local_registry.py status --state-dir "$(REGISTRY_STATE_DIR)"
+
+registry-logs:
+	@$(PYTHON) scripts/local_registry.py logs --state-dir "$(REGISTRY_STATE_DIR)" --lines $(or $(LINES),60)
 
 # Re-compile page_view.proto into the descriptor the package loads. protoc comes from grpcio-tools,
 # in a venv of its own: it pins a protobuf older than the project's.

@@ -58,6 +58,16 @@ def load_local_kafka() -> ModuleType:
     return module
 
 
+def load_local_services() -> ModuleType:
+    """scripts/local_services.py, the launcher layer the local services share: the very module
+    local_kafka.py imports (loading that puts scripts/ on sys.path), so that its errors are one
+    class wherever they are caught."""
+    load_local_kafka()
+    import local_services
+
+    return local_services
+
+
 def _classpath_cache_dir() -> Path:
     return Path(os.environ.get("KAFKA_CLASSPATH_CACHE_DIR") or REPO_ROOT / ".kafka")
 

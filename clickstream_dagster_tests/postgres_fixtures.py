@@ -2,8 +2,10 @@
 
 Enable with ``pytest_plugins = ["clickstream_dagster_tests.postgres_fixtures"]``.
 
-* ``postgres_server`` (session): ``initdb`` + ``pg_ctl start`` in a temporary directory, listening
-  on 127.0.0.1 on a free port, password (SCRAM) authentication for TCP connections; stopped at the
+* ``postgres_server`` (session): ``initdb`` in a temporary directory, then ``postgres`` started
+  there by the launcher layer (scripts/local_services.py: its own session, ``server.log`` and
+  ``server.pid`` beside the data, ready once ``pg_isready`` says so), listening on 127.0.0.1 on a
+  free port, password (SCRAM) authentication for TCP connections; stopped (fast shutdown) at the
   end of the session. PostgreSQL refuses to run as root, so under root the server runs as the
   ``postgres`` system user (created by Debian's ``postgresql`` package; ``.ci/run`` installs it).
   The binaries are found on PATH or in ``/usr/lib/postgresql/<version>/bin``.
@@ -20,23 +22,27 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from clickstream_dagster_tests.kafka_fixtures import load_local_kafka
+from clickstream_dagster_tests.kafka_fixtures import load_local_services
+
+services = load_local_services()
 
 START_TIMEOUT_S = float(os.environ.get("POSTGRES_START_TIMEOUT_S") or 60)
 SUPERUSER = "dagster"
 SYSTEM_USER = "postgres"  # who runs the server when the tests run as root
+STOP_TIMEOUT_S = 30.0
 
 
-class PostgresUnavailable(RuntimeError):
+class PostgresUnavailable(services.ServiceError):
     """No PostgreSQL server binaries, or the server did not start."""
 
 
@@ -65,6 +71,7 @@ class PostgresServer:
     password: str
     data_dir: Path
     log_path: Path
+    proc: subprocess.Popen = field(repr=False, compare=False)
 
     def env(self, db_name: str) -> dict[str, str]:
         """The DAGSTER_PG_* variables deploy/dagster.yaml reads, for ``db_name``."""
@@ -117,15 +124,20 @@ def _as_server_user(command: list[str]) -> list[str]:
     return ["runuser", "-u", SYSTEM_USER, "--", *command]
 
 
-def _run(command: list[str], what: str, log_path: Path | None = None) -> None:
+def _run(command: list[str], what: str) -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=START_TIMEOUT_S)
     if done.returncode != 0:
-        log = ""
-        if log_path is not None and log_path.exists():
-            log = "\n--- server log ---\n" + log_path.read_text(errors="replace")[-3000:]
         raise PostgresUnavailable(
-            f"{what} failed ({done.returncode}): {' '.join(command)}\n{done.stdout[-2000:]}{done.stderr[-2000:]}{log}"
+            f"{what} failed ({done.returncode}): {' '.join(command)}\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
         )
+
+
+def _accepts_connections(port: int) -> str | None:
+    """None once the server accepts connections (not merely listens: it refuses them while it
+    starts up), else pg_isready's word for it."""
+    done = subprocess.run([find_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-t", "2"],
+                          capture_output=True, text=True)
+    return None if done.returncode == 0 else (done.stdout.strip() or f"pg_isready exit {done.returncode}")
 
 
 def start_postgres(root: Path, port: int) -> PostgresServer:
@@ -145,24 +157,25 @@ def start_postgres(root: Path, port: int) -> PostgresServer:
         "initdb",
     )  # fmt: skip
     password_file.unlink()
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=200"
-    _run(
-        _as_server_user([
-            find_bin("pg_ctl"), "-D", str(data_dir), "-l", str(log_path), "-o", options,
-            "-w", "-t", str(int(START_TIMEOUT_S)), "start",
-        ]),
-        "pg_ctl start",
-        log_path,
+    proc = services.start(
+        [find_bin("postgres"), "-D", str(data_dir), "-c", "listen_addresses=127.0.0.1", "-p", str(port),
+         "-k", str(root), "-c", "fsync=off", "-c", "max_connections=200"],
+        root, log_file=log_path.name, pid_file="server.pid", user=SYSTEM_USER if os.geteuid() == 0 else None,
     )  # fmt: skip
-    return PostgresServer("127.0.0.1", port, SUPERUSER, password, data_dir, log_path)
+    server = PostgresServer("127.0.0.1", port, SUPERUSER, password, data_dir, log_path, proc)
+    try:
+        services.wait_until_answers(lambda: _accepts_connections(port), START_TIMEOUT_S,
+                                    what="PostgreSQL", where=f"127.0.0.1:{port}", proc=proc)
+    except services.ServiceError as error:
+        stop_postgres(server)
+        raise PostgresUnavailable(f"{error}\n--- server log ---\n{services.tail(log_path)}") from None
+    return server
 
 
 def stop_postgres(server: PostgresServer) -> None:
-    _run(
-        _as_server_user([find_bin("pg_ctl"), "-D", str(server.data_dir), "-m", "fast", "-w", "stop"]),
-        "pg_ctl stop",
-        server.log_path,
-    )
+    # SIGINT is PostgreSQL's fast shutdown (pg_ctl -m fast): open sessions are cut, not waited for.
+    services.stop(server.proc.pid, STOP_TIMEOUT_S, proc=server.proc, what="PostgreSQL",
+                  shutdown_signal=signal.SIGINT)
 
 
 @pytest.fixture(scope="session")
@@ -170,7 +183,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     # Not pytest's tmp_path: its parents are private to root, and the server may run as postgres.
     root = Path(tempfile.mkdtemp(prefix="clickstream-postgres-"))
     try:
-        server = start_postgres(root, load_local_kafka().free_port(exclude=(5432,)))
+        server = start_postgres(root, services.free_port(exclude=(5432,)))
     except PostgresUnavailable as error:
         shutil.rmtree(root, ignore_errors=True)
         pytest.fail(f"could not start PostgreSQL: {error}", pytrace=False)

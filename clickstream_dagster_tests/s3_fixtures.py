@@ -4,10 +4,12 @@ Enable with ``pytest_plugins = ["clickstream_dagster_tests.s3_fixtures"]``.
 
 * ``s3_server`` (session): s3proxy (Maven Central, ``org.gaul:s3proxy``) with jclouds'
   ``filesystem-nio2`` backend in a temporary directory, on a free 127.0.0.1 port, requiring AWS
-  signatures with a random access key and secret; stopped at the end of the session. Its
-  classpath is resolved by ``mvn dependency:build-classpath`` over ``scripts/s3proxy/pom.xml``
-  once and cached (``$KAFKA_CLASSPATH_CACHE_DIR`` or the repo's ``.kafka/``, next to the
-  broker's; the jars live in ``~/.m2``).
+  signatures with a random access key and secret; stopped at the end of the session. Started,
+  waited for and stopped by the launcher layer (scripts/local_services.py: its own session,
+  ``s3proxy.log`` and ``s3proxy.pid`` in its directory). Its classpath is resolved by
+  ``mvn dependency:build-classpath`` over ``scripts/s3proxy/pom.xml`` once and cached
+  (``$KAFKA_CLASSPATH_CACHE_DIR`` or the repo's ``.kafka/``, next to the broker's; the jars live
+  in ``~/.m2``).
 * ``s3_bucket`` (function): a fresh bucket on that server; ``s3_env`` (function): the standard
   AWS variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``,
   ``AWS_REGION``) a process needs to reach it, and ``CLICKSTREAM_STORAGE_DIR`` under the bucket.
@@ -20,22 +22,23 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import time
 import urllib.error
 import urllib.request
 import uuid
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from clickstream_dagster_tests.kafka_fixtures import REPO_ROOT, _classpath_cache_dir, load_local_kafka
+from clickstream_dagster_tests.kafka_fixtures import REPO_ROOT, _classpath_cache_dir, load_local_services
+
+services = load_local_services()
 
 POM_PATH = REPO_ROOT / "scripts" / "s3proxy" / "pom.xml"
 START_TIMEOUT_S = float(os.environ.get("S3PROXY_START_TIMEOUT_S") or 120)
 REGION = "us-east-1"
+STOP_TIMEOUT_S = 30.0
 
 # s3proxy logs through logback and defaults to DEBUG without a configuration.
 _LOGBACK = """<configuration>
@@ -48,34 +51,14 @@ _LOGBACK = """<configuration>
 
 
 def s3proxy_version(pom_path: Path = POM_PATH) -> str:
-    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
-    version = ET.parse(pom_path).getroot().find("m:properties/m:s3proxy.version", ns)
-    if version is None or not (version.text or "").strip():
-        raise RuntimeError(f"{pom_path}: no <s3proxy.version> property")
-    return version.text.strip()
+    return services.pom_property(pom_path, "s3proxy.version")
 
 
 def resolve_classpath(cache_dir: Path) -> str:
     """s3proxy's classpath: the cached one if its jars are all still there, else Maven's."""
-    cache_file = cache_dir / f"s3proxy-{s3proxy_version()}.classpath"
-    if cache_file.exists():
-        classpath = cache_file.read_text().strip()
-        if classpath and all(Path(jar).exists() for jar in classpath.split(os.pathsep)):
-            return classpath
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    output = cache_dir / f"s3proxy-{s3proxy_version()}.classpath.{os.getpid()}.tmp"
-    command = [
-        "mvn", "-B", "-q", "-Dstyle.color=never", "-f", str(POM_PATH),
-        "dependency:build-classpath", f"-Dmdep.outputFile={output}",
-    ]  # fmt: skip
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    except FileNotFoundError as error:
-        raise RuntimeError("mvn (Apache Maven) not found on PATH: it resolves s3proxy's jars once") from error
-    if done.returncode != 0 or not output.exists():
-        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
-    os.replace(output, cache_file)
-    return cache_file.read_text().strip()
+    version = s3proxy_version()
+    cache_file = cache_dir / f"s3proxy-{version}.classpath"
+    return services.resolve_classpath(POM_PATH, cache_file, f"s3proxy {version}")
 
 
 @dataclass
@@ -110,18 +93,19 @@ class S3Server:
         self.filesystem().call_s3("create_bucket", Bucket=name)
         return name
 
-    def tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+    def tail(self, lines: int = 60) -> str:
+        return services.tail(self.log_path, lines)
 
 
-def _answers(endpoint: str) -> bool:
+def _answers(endpoint: str) -> str | None:
+    """None once s3proxy answers HTTP, else why not."""
     try:
         urllib.request.urlopen(endpoint, timeout=2).close()
     except urllib.error.HTTPError:
-        return True  # 403 without a signature: it is up
-    except OSError:
-        return False
-    return True
+        return None  # 403 without a signature: it is up
+    except OSError as error:
+        return str(error)
+    return None
 
 
 def start_s3proxy(root: Path, port: int, classpath: str) -> S3Server:
@@ -143,38 +127,31 @@ def start_s3proxy(root: Path, port: int, classpath: str) -> S3Server:
     }
     (root / "s3proxy.conf").write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
     (root / "logback.xml").write_text(_LOGBACK)
-    log_path = root / "s3proxy.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            ["java", f"-Dlogback.configurationFile={root / 'logback.xml'}", "-cp", classpath,
-             "org.gaul.s3proxy.Main", "--properties", str(root / "s3proxy.conf")],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=root,
-        )  # fmt: skip
-    server = S3Server(endpoint, access_key, secret_key, base_dir, proc, log_path)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not _answers(endpoint):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_s3proxy(server)
-            raise RuntimeError(f"s3proxy did not answer on {endpoint} (exit {proc.poll()}):\n{server.tail()}")
-        time.sleep(0.2)
+    proc = services.start(
+        [services.find_java(), f"-Dlogback.configurationFile={root / 'logback.xml'}", "-cp", classpath,
+         "org.gaul.s3proxy.Main", "--properties", str(root / "s3proxy.conf")],
+        root, log_file="s3proxy.log", pid_file="s3proxy.pid",
+    )  # fmt: skip
+    server = S3Server(endpoint, access_key, secret_key, base_dir, proc, root / "s3proxy.log")
+    try:
+        services.wait_until_answers(
+            lambda: _answers(endpoint), START_TIMEOUT_S, what="s3proxy", where=endpoint, proc=proc, interval_s=0.2
+        )
+    except services.ServiceError as error:
+        stop_s3proxy(server)
+        raise services.ServiceError(f"{error}:\n{server.tail()}") from None
     return server
 
 
 def stop_s3proxy(server: S3Server) -> None:
-    if server.proc.poll() is None:
-        server.proc.terminate()
-        try:
-            server.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait(timeout=30)
+    services.stop(server.proc.pid, STOP_TIMEOUT_S, proc=server.proc, what="s3proxy")
 
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     try:
         classpath = resolve_classpath(_classpath_cache_dir())
-        server = start_s3proxy(tmp_path_factory.mktemp("s3proxy"), load_local_kafka().free_port(), classpath)
+        server = start_s3proxy(tmp_path_factory.mktemp("s3proxy"), services.free_port(), classpath)
     except RuntimeError as error:
         pytest.fail(f"could not start s3proxy: {error}", pytrace=False)
     try:

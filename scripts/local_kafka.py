@@ -7,6 +7,10 @@ version, so later starts never call Maven). The broker runs as
 ``java -cp <classpath> kafka.Kafka <state>/server.properties`` in its own session,
 combined broker+controller, listening on 127.0.0.1 only.
 
+Resolving the jars, starting a node in its own session, waiting until it answers, stopping
+it and its logs are the launcher layer's (``scripts/local_services.py``, shared with
+local_registry.py and the tests' PostgreSQL and s3proxy); what is Kafka's stays here.
+
 Standard library only: this runs before the project's venv exists.
 
 CLI::
@@ -14,6 +18,7 @@ CLI::
     python3 scripts/local_kafka.py up     [--port 9092] [--state-dir .kafka] [--timeout 90]
     python3 scripts/local_kafka.py status [--state-dir .kafka]
     python3 scripts/local_kafka.py down   [--state-dir .kafka]
+    python3 scripts/local_kafka.py logs   [--state-dir .kafka] [--lines 60]
 
     # A secured broker (default port 9093, state dir .kafka-<security>); stdout is only
     # `export KAFKA_...` lines for the replay user, so a shell can eval it:
@@ -72,12 +77,9 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import secrets
 import shlex
@@ -90,12 +92,18 @@ import subprocess
 import sys
 import time
 import uuid
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
-HOST = "127.0.0.1"
+# The launcher layer beside this file (resolve, start, wait, status, down, logs); also found
+# when a test or benchmark loads this file by path. Appended: nothing installed is shadowed.
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.append(str(Path(__file__).resolve().parent))
+import local_services  # noqa: E402
+from local_services import HOST, free_port, pid_alive, port_is_free  # noqa: E402,F401  (this module's API)
+from local_services import state_lock as _state_lock, write_atomic as _write_atomic  # noqa: E402
+
 DEFAULT_PORT = 9092
 DEFAULT_TIMEOUT_S = 90.0
 DEFAULT_HEAP_OPTS = "-Xms256m -Xmx768m"
@@ -105,7 +113,6 @@ DEFAULT_JVM_OPTS = (
     "-XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true"
 )
 STOP_TIMEOUT_S = 30.0
-MAVEN_TIMEOUT_S = 900.0
 NODE_ID = 1
 
 SCRIPT_DIR = Path(__file__).resolve().parent
@@ -119,7 +126,6 @@ META_FILE = "broker.json"
 SERVER_PROPERTIES = "server.properties"
 LOG4J_PROPERTIES = "log4j2.properties"
 DATA_DIR = "data"
-LOCK_FILE = ".lock"
 MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL_CLASS = "kafka.tools.StorageTool"
 
@@ -140,118 +146,19 @@ CHECKPOINT_TOPIC = "clickstream-replay-checkpoints"
 TRANSACTIONAL_ID_PREFIX = "clickstream-replay-"
 
 
-class LocalKafkaError(RuntimeError):
-    """A user-facing failure (message is meant to be printed as is)."""
+# A user-facing failure (its message is meant to be printed as is): the launcher layer's own.
+LocalKafkaError = local_services.ServiceError
+_log = local_services.log
+_tail = local_services.tail
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+def _find_java() -> str:
+    return local_services.find_java("Kafka 4 needs a Java 17+ runtime")
 
 
 def kafka_version(pom_path: Path = POM_PATH) -> str:
     """The Kafka version pinned in scripts/kafka/pom.xml (``<kafka.version>``)."""
-    try:
-        root = ET.parse(pom_path).getroot()
-    except (OSError, ET.ParseError) as exc:
-        raise LocalKafkaError(f"cannot read {pom_path}: {exc}") from exc
-    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
-    node = root.find("m:properties/m:kafka.version", ns)
-    if node is None:
-        node = root.find("properties/kafka.version")
-    if node is None or not (node.text or "").strip():
-        raise LocalKafkaError(f"{pom_path} has no <properties><kafka.version>")
-    return node.text.strip()
-
-
-def free_port(host: str = HOST, exclude: tuple[int, ...] = ()) -> int:
-    """A TCP port that is free on ``host`` right now (the kernel picks it)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        if port not in exclude:
-            return port
-    raise LocalKafkaError("could not find a free TCP port")
-
-
-def port_is_free(port: int, host: str = HOST) -> bool:
-    """True if nothing listens on host:port (bind test, SO_REUSEADDR like the JVM)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise
-    return True
-
-
-def _tail(path: Path, lines: int = 60) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 64 * 1024))
-            data = fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return f"(no log at {path})"
-    return "\n".join(data.splitlines()[-lines:])
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _state_lock(state_dir: Path) -> Iterator[None]:
-    """Serialise up/down on one state dir across processes."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / LOCK_FILE, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-def _find_java() -> str:
-    java_home = os.environ.get("JAVA_HOME")
-    if java_home:
-        cand = Path(java_home) / "bin" / "java"
-        if cand.is_file() and os.access(cand, os.X_OK):
-            return str(cand)
-    java = shutil.which("java")
-    if not java:
-        raise LocalKafkaError(
-            "java not found (no JAVA_HOME/bin/java, nothing on PATH). Kafka 4 needs a "
-            "Java 17+ runtime, e.g. `apt-get install openjdk-17-jre-headless`."
-        )
-    return java
-
-
-# --------------------------------------------------------------------------- jars
-
-
-def _classpath_cache_file(cache_dir: Path, version: str, pom_path: Path) -> Path:
-    pom_hash = hashlib.sha256(pom_path.read_bytes()).hexdigest()[:10]
-    return cache_dir / f"classpath-kafka-{version}-{pom_hash}.txt"
-
-
-def _read_cached_classpath(cache_file: Path) -> Optional[str]:
-    try:
-        cp = cache_file.read_text(encoding="utf-8").strip()
-    except OSError:
-        return None
-    entries = [e for e in cp.split(os.pathsep) if e]
-    if not entries or not all(os.path.isfile(e) for e in entries):
-        return None  # jars were removed from ~/.m2: resolve again
-    return cp
+    return local_services.pom_property(pom_path, "kafka.version")
 
 
 def resolve_classpath(
@@ -264,52 +171,9 @@ def resolve_classpath(
     cache_dir = Path(
         cache_dir or os.environ.get("KAFKA_CLASSPATH_CACHE_DIR") or state_dir
     ).resolve()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    cache_file = _classpath_cache_file(cache_dir, version, pom_path)
-    cp = _read_cached_classpath(cache_file)
-    if cp:
-        return cp
-
-    mvn = shutil.which("mvn")
-    if not mvn:
-        raise LocalKafkaError(
-            f"mvn (Apache Maven) not found on PATH; it is needed once to resolve the "
-            f"Kafka {version} jars from Maven Central (cache {cache_file} is missing)."
-        )
-    out_file = cache_dir / f".classpath-{os.getpid()}.tmp"
-    cmd = [
-        mvn, "-B", "-q", "-Dstyle.color=never", "-f", str(pom_path),
-        "dependency:build-classpath",
-        f"-Dmdep.outputFile={out_file}",
-        "-Dmdep.includeScope=runtime",
-    ]
-    _log(f"Resolving Kafka {version} jars with Maven (first start only) ...")
-    t0 = time.monotonic()
-    try:
-        proc = subprocess.run(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, timeout=MAVEN_TIMEOUT_S,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise LocalKafkaError(
-            f"Maven did not finish within {MAVEN_TIMEOUT_S:.0f}s: {' '.join(cmd)}"
-        ) from exc
-    output = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout or "")
-    if proc.returncode != 0 or not out_file.is_file():
-        tail = "\n".join(output.splitlines()[-40:])
-        with contextlib.suppress(OSError):
-            out_file.unlink()
-        raise LocalKafkaError(
-            f"Maven failed to resolve the Kafka {version} jars (exit {proc.returncode}).\n"
-            f"command: {' '.join(cmd)}\n--- mvn output (tail) ---\n{tail}"
-        )
-    cp = out_file.read_text(encoding="utf-8").strip()
-    os.replace(out_file, cache_file)
-    if not _read_cached_classpath(cache_file):
-        raise LocalKafkaError(f"Maven produced an unusable classpath in {cache_file}")
-    _log(f"Resolved {len(cp.split(os.pathsep))} jars in {time.monotonic() - t0:.1f}s "
-         f"(cached in {cache_file})")
-    return cp
+    pom_hash = hashlib.sha256(pom_path.read_bytes()).hexdigest()[:10]
+    cache_file = cache_dir / f"classpath-kafka-{version}-{pom_hash}.txt"
+    return local_services.resolve_classpath(pom_path, cache_file, f"Kafka {version}", scope="runtime")
 
 
 # --------------------------------------------------------------------------- protocol
@@ -378,67 +242,22 @@ def wait_until_ready(host: str, port: int, timeout_s: float = DEFAULT_TIMEOUT_S,
                      min_brokers: int = 1) -> None:
     """Poll until host:port answers Kafka requests. Raises LocalKafkaError on timeout or if
     the broker process (``proc`` / ``pid``) exits first."""
-    deadline = time.monotonic() + timeout_s
-    reason = "not probed"
-    while True:
-        reason = probe_broker(host, port, timeout_s=min(5.0, max(0.5, timeout_s)), auth=auth,
-                              min_brokers=min_brokers)
-        if reason is None:
-            return
-        if proc is not None and proc.poll() is not None:
-            raise LocalKafkaError(f"broker process exited with code {proc.returncode} "
-                                  f"before {host}:{port} became ready")
-        if proc is None and pid is not None and not pid_alive(pid):
-            raise LocalKafkaError(f"broker process {pid} exited before {host}:{port} "
-                                  f"became ready")
-        if time.monotonic() >= deadline:
-            raise LocalKafkaError(f"broker on {host}:{port} not ready after "
-                                  f"{timeout_s:g}s (last probe: {reason})")
-        time.sleep(interval_s)
+    local_services.wait_until_answers(
+        lambda: probe_broker(host, port, timeout_s=min(5.0, max(0.5, timeout_s)), auth=auth,
+                             min_brokers=min_brokers),
+        timeout_s, what="broker", where=f"{host}:{port}", proc=proc, pid=pid, interval_s=interval_s)
 
 
 # --------------------------------------------------------------------------- processes
 
 
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` is a live (non-zombie) process. Reaps it if it is our child."""
-    if pid <= 0:
-        return False
-    with contextlib.suppress(ChildProcessError, OSError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        state = stat.rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except (OSError, IndexError):
-        return True
-
-
 def _is_our_broker(pid: int, state_dir: Path) -> bool:
     """pid is alive and (where /proc exists) runs kafka.Kafka with this state dir's config."""
-    if not pid_alive(pid):
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return True  # no /proc: trust the pid file
-    args = [a.decode(errors="replace") for a in cmdline]
-    return MAIN_CLASS in args and str(state_dir / SERVER_PROPERTIES) in args
+    return local_services.runs(pid, MAIN_CLASS, str(state_dir / SERVER_PROPERTIES))
 
 
 def _read_pid(state_dir: Path) -> Optional[int]:
-    try:
-        return int((state_dir / PID_FILE).read_text().strip())
-    except (OSError, ValueError):
-        return None
+    return local_services.read_pid(state_dir / PID_FILE)
 
 
 def _read_meta(state_dir: Path) -> dict:
@@ -893,35 +712,7 @@ class Broker:
 
 
 def _terminate(pid: int, timeout_s: float, proc: Optional[subprocess.Popen] = None) -> bool:
-    if proc is not None and proc.poll() is not None:
-        return False
-    if proc is None and not pid_alive(pid):
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    if _wait_exit(pid, timeout_s, proc):
-        return True
-    _log(f"broker pid {pid} did not stop within {timeout_s:.0f}s after SIGTERM; SIGKILL")
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    if not _wait_exit(pid, 10.0, proc):
-        raise LocalKafkaError(f"broker pid {pid} survived SIGKILL")
-    return True
-
-
-def _wait_exit(pid: int, timeout_s: float, proc: Optional[subprocess.Popen]) -> bool:
-    if proc is not None:
-        try:
-            proc.wait(timeout=timeout_s)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-    deadline = time.monotonic() + timeout_s
-    while pid_alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.1)
-    return True
+    return local_services.stop(pid, timeout_s, proc=proc, what="broker")
 
 
 def running_broker(state_dir: Path) -> Optional[Broker]:
@@ -962,17 +753,9 @@ def _format_storage(java: str, classpath: str, state_dir: Path, cluster_id: str,
 
 def _spawn(java: str, classpath: str, state_dir: Path, heap_opts: str = DEFAULT_HEAP_OPTS) -> subprocess.Popen:
     """Run the node configured in ``state_dir`` (its own session; pid file, log rotated)."""
-    log_path = state_dir / LOG_FILE
-    if log_path.exists():
-        os.replace(log_path, state_dir / (LOG_FILE + ".prev"))
     cmd = [java, *_jvm_opts(state_dir, heap_opts), "-cp", classpath, MAIN_CLASS,
            str(state_dir / SERVER_PROPERTIES)]
-    with open(log_path, "ab") as log_fh:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_fh,
-                                stderr=subprocess.STDOUT, cwd=str(state_dir),
-                                start_new_session=True, close_fds=True)
-    _write_atomic(state_dir / PID_FILE, f"{proc.pid}\n")
-    return proc
+    return local_services.start(cmd, state_dir, log_file=LOG_FILE, pid_file=PID_FILE, keep_previous_log=True)
 
 
 def start_broker(state_dir: Path | str = DEFAULT_STATE_DIR, port: Optional[int] = None,
@@ -1102,8 +885,7 @@ def stop_broker(state_dir: Path | str = DEFAULT_STATE_DIR,
         # All at once: a node stopped after the quorum's majority waits for it in vain.
         running = [b for b in (running_broker(_node_dir(state_dir, n["node_id"])) for n in nodes) if b]
         for node in running:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(node.pid, signal.SIGTERM)
+            local_services.signal_session(node.pid, signal.SIGTERM)
         for n in nodes:
             stop_broker(_node_dir(state_dir, n["node_id"]), timeout_s)
         return bool(running)
@@ -1377,6 +1159,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_logs(args: argparse.Namespace) -> int:
+    state_dir = _state_dir(args)
+    nodes = _read_meta(state_dir).get("nodes")
+    for node_dir in [_node_dir(state_dir, n["node_id"]) for n in nodes] if nodes else [state_dir]:
+        if nodes:
+            print(f"--- {node_dir / LOG_FILE} ---")
+        print(_tail(node_dir / LOG_FILE, args.lines))
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="local_kafka.py",
@@ -1424,6 +1216,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     status = sub.add_parser("status", help="exit 0 if the broker is running, else 1")
     add_state(status)
     status.set_defaults(func=_cmd_status)
+
+    logs = sub.add_parser("logs", help="print the end of the broker's log (each node's, for a cluster)")
+    add_state(logs)
+    logs.add_argument("--lines", type=int, default=60, help="how many (default: %(default)s)")
+    logs.set_defaults(func=_cmd_logs)
 
     args = parser.parse_args(argv)
     try:

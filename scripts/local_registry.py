@@ -2,39 +2,42 @@
 """A local schema registry for development and tests: Apicurio Registry, like the local broker.
 
     python3 scripts/local_registry.py up [--port 8081] [--state-dir .registry] [--tls]
-    python3 scripts/local_registry.py status|down [--state-dir .registry]
+    python3 scripts/local_registry.py status|down|logs [--state-dir .registry]
 
 ``up`` resolves the Apicurio Registry distribution with Maven (once: it stays in ``~/.m2``,
 unpacked beside it), starts it on 127.0.0.1 (Java 17, in-memory storage: every start is an
 empty registry), waits until its Confluent-compatible API answers and prints
 ``export SCHEMA_REGISTRY_URL=http://127.0.0.1:P/apis/ccompat/v7``. It is a no-op when the
-registry of that state dir is already up. ``down`` stops it, ``status`` exits 0 if it runs.
+registry of that state dir is already up. ``down`` stops it, ``status`` exits 0 if it runs,
+``logs`` prints the end of its log.
 With ``--tls`` it serves https only, with a certificate for 127.0.0.1 signed by a CA made
 with ``openssl`` in ``<state>/tls``, and also prints ``export SCHEMA_REGISTRY_CA_FILE=...``.
 
-Standard library only (it runs before the virtualenv exists, like local_kafka.py).
+Resolving, starting, waiting and stopping are the launcher layer's (local_services.py, shared
+with local_kafka.py and the tests' PostgreSQL and s3proxy). Standard library only (it runs before
+the virtualenv exists, like local_kafka.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import sys
-import time
-import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-HOST = "127.0.0.1"
+# The launcher layer beside this file, also when a test or benchmark loads this one by path.
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.append(str(Path(__file__).resolve().parent))
+import local_services  # noqa: E402
+from local_services import HOST, free_port  # noqa: E402,F401  (this module's API)
+
 DEFAULT_PORT = 8081
 # 3.x needs Java 21 and misses jars on Maven Central; 2.6.13.Final runs on Java 17.
 VERSION = "2.6.13.Final"
@@ -43,38 +46,20 @@ API_PATH = "/apis/ccompat/v7"
 DEFAULT_STATE_DIR = Path(__file__).resolve().parent.parent / ".registry"
 DEFAULT_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 15.0
+LOG_FILE = "registry.log"
+STATE_FILE = "registry.json"  # pid, port, tls
 
 
-class LocalRegistryError(RuntimeError):
-    pass
-
-
-def free_port(host: str = HOST) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _m2() -> Path:
-    return Path(os.environ.get("MAVEN_REPO_LOCAL") or Path.home() / ".m2" / "repository")
+LocalRegistryError = local_services.ServiceError
 
 
 def resolve_distribution() -> Path:
     """The unpacked distribution's runner jar, fetched with Maven the first time only."""
-    folder = _m2() / "io" / "apicurio" / "apicurio-registry-app" / VERSION
+    folder = local_services.artifact_path(ARTIFACT).parent
     runner = folder / "unpacked" / f"apicurio-registry-app-{VERSION}-runner.jar"
     if runner.is_file():
         return runner
-    archive = folder / f"apicurio-registry-app-{VERSION}-all.zip"
-    if not archive.is_file():
-        mvn = shutil.which("mvn")
-        if not mvn:
-            raise LocalRegistryError("mvn (Apache Maven) not found on PATH; it is needed once to fetch " + ARTIFACT)
-        cmd = [mvn, "-B", "-q", "dependency:get", f"-Dartifact={ARTIFACT}", "-Dtransitive=false"]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0 or not archive.is_file():
-            tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
-            raise LocalRegistryError(f"could not fetch {ARTIFACT} with Maven:\n{tail}")
+    archive = local_services.resolve_artifact(ARTIFACT)
     partial = folder / "unpacked.partial"
     shutil.rmtree(partial, ignore_errors=True)
     with zipfile.ZipFile(archive) as zipped:
@@ -138,40 +123,24 @@ class Registry:
         """The CA to verify a --tls registry with (SCHEMA_REGISTRY_CA_FILE)."""
         return self.state_dir / "tls" / "ca.pem" if self.tls else None
 
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / LOG_FILE
+
     def running(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        # A zombie child of this process counts as gone.
-        try:
-            return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
-        except ChildProcessError:
-            return True
+        return local_services.pid_alive(self.pid)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> bool:
-        """Stop the registry's process group; True if it was running."""
-        was_running = self.running()
-        for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
-            if not self.running():
-                break
-            try:
-                os.killpg(self.pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait_s
-            while self.running() and time.monotonic() < deadline:
-                time.sleep(0.1)
-        (self.state_dir / "registry.json").unlink(missing_ok=True)
+        """Stop the registry's session; True if it was running."""
+        was_running = local_services.stop(self.pid, timeout_s, what="Apicurio Registry")
+        (self.state_dir / STATE_FILE).unlink(missing_ok=True)
         return was_running
 
 
 def running_registry(state_dir: Path | str = DEFAULT_STATE_DIR) -> Optional[Registry]:
     state_dir = Path(state_dir)
     try:
-        saved = json.loads((state_dir / "registry.json").read_text())
+        saved = json.loads((state_dir / STATE_FILE).read_text())
     except (OSError, ValueError):
         return None
     registry = Registry(state_dir, int(saved["pid"]), int(saved["port"]), bool(saved.get("tls")))
@@ -190,9 +159,7 @@ def start_registry(
     if (found := running_registry(state_dir)) is not None:
         return found
     runner = resolve_distribution()
-    java = shutil.which("java")
-    if not java:
-        raise LocalRegistryError("java not found on PATH (Apicurio Registry 2.6 needs Java 17)")
+    java = local_services.find_java("Apicurio Registry 2.6 needs a Java 17 runtime")
     port = port or free_port()
     state_dir.mkdir(parents=True, exist_ok=True)
     listen = [f"-Dquarkus.http.port={port}"]
@@ -205,39 +172,39 @@ def start_registry(
             f"-Dquarkus.http.ssl.certificate.files={state_dir / 'tls' / 'registry.pem'}",
             f"-Dquarkus.http.ssl.certificate.key-files={state_dir / 'tls' / 'registry.key'}",
         ]
-    log_path = state_dir / "registry.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [java, "-Xmx384m", f"-Dquarkus.http.host={HOST}", *listen, "-jar", str(runner)],
-            cwd=state_dir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: `down` stops exactly it
-        )
+    process = local_services.start(
+        [java, "-Xmx384m", f"-Dquarkus.http.host={HOST}", *listen, "-jar", str(runner)],
+        state_dir, log_file=LOG_FILE,
+    )
     registry = Registry(state_dir, process.pid, port, tls)
-    (state_dir / "registry.json").write_text(json.dumps({"pid": process.pid, "port": port, "tls": tls}))
-    deadline = time.monotonic() + timeout_s
-    while not answers(registry.url, ca_file=registry.ca_file):
-        if process.poll() is not None or time.monotonic() > deadline:
-            registry.stop()
-            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
-            why = f"exited with {process.returncode}" if process.returncode is not None else f"no answer in {timeout_s:g} s"
-            raise LocalRegistryError(f"Apicurio Registry on port {port} {why}; log {log_path}:\n{tail}")
-        time.sleep(0.3)
+    (state_dir / STATE_FILE).write_text(json.dumps({"pid": process.pid, "port": port, "tls": tls}))
+    try:
+        local_services.wait_until_answers(
+            lambda: None if answers(registry.url, ca_file=registry.ca_file) else "no answer",
+            timeout_s, what="Apicurio Registry", where=registry.url, proc=process, interval_s=0.3,
+        )
+    except local_services.NotAnswering as error:
+        registry.stop()
+        exited = error.exit_code is not None
+        why = f"exited with {error.exit_code}" if exited else f"no answer in {timeout_s:g} s"
+        tail = local_services.tail(registry.log_path, 20)
+        raise LocalRegistryError(f"Apicurio Registry on port {port} {why}; log {registry.log_path}:\n{tail}") from None
     return registry
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="A local Apicurio schema registry (Confluent-compatible API).")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("up", "start it (no-op if up)"), ("down", "stop it"), ("status", "exit 0 if it runs")):
+    for name, text in (("up", "start it (no-op if up)"), ("down", "stop it"), ("status", "exit 0 if it runs"),
+                       ("logs", "print the end of its log")):
         command = sub.add_parser(name, help=text)
         command.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="pid, port and log")
         if name == "up":
             command.add_argument("--port", type=int, default=DEFAULT_PORT)
             command.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds to wait for it")
             command.add_argument("--tls", action="store_true", help="https only, with a CA of its own")
+        if name == "logs":
+            command.add_argument("--lines", type=int, default=60, help="how many (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.command == "up":
         try:
@@ -245,10 +212,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         except LocalRegistryError as error:
             print(f"local_registry: {error}", file=sys.stderr)
             return 1
-        print(f"Apicurio Registry {VERSION} up (pid {registry.pid}, log {registry.state_dir / 'registry.log'})", file=sys.stderr)
+        print(f"Apicurio Registry {VERSION} up (pid {registry.pid}, log {registry.log_path})",
+              file=sys.stderr)
         print(f"export SCHEMA_REGISTRY_URL={registry.url}")
         if registry.ca_file:
             print(f"export SCHEMA_REGISTRY_CA_FILE={registry.ca_file}")
+        return 0
+    if args.command == "logs":
+        print(local_services.tail(args.state_dir / LOG_FILE, args.lines))
         return 0
     registry = running_registry(args.state_dir)
     if args.command == "status":
