@@ -404,10 +404,7 @@ class KafkaPublisher:
                 result = self._commit_through_public_api(timeout_s)
             # The public API's flush took its share of timeout_s: the whole commit stays within it.
             if not result.wait(timeout_ms=max(int((deadline - time.monotonic()) * 1000), 0)):
-                raise CommitInDoubt(
-                    f"Kafka at {self.settings.bootstrap_servers} did not confirm a commit to {self.topic!r} "
-                    f"within {timeout_s:g} s (delivery_timeout_s)"
-                )
+                raise self._commit_not_confirmed(timeout_s)
             if result.failed:  # a batch of the transaction failed: nothing of it was committed
                 raise result.exception
             self._begin_transaction()
@@ -419,10 +416,14 @@ class KafkaPublisher:
         ``commit_transaction`` would commit over a batch that expired (see
         ``kafka_python_internals.abort_on_any_failed_batch``), leaving a hole. Raises the first
         failure, and the transaction stays open for ``abort``; returns the commit under way."""
-        self.producer.flush(timeout=timeout_s)  # every send done; raises KafkaTimeoutError if not
+        try:
+            self.producer.flush(timeout=timeout_s)
+        except KafkaTimeoutError:
+            # A silent broker: as on the fast path, whose commit waits for these sends first.
+            raise self._commit_not_confirmed(timeout_s) from None
         for delivery in self._in_transaction:
             if not delivery.is_done:
-                raise KafkaTimeoutError(f"a send of the transaction was not done after flushing for {timeout_s:g} s")
+                raise self._commit_not_confirmed(timeout_s)
             if delivery.failed():
                 raise delivery.exception
         self._transaction_begun = False
@@ -431,6 +432,12 @@ class KafkaPublisher:
         self._committing = commit = InThread(self.producer.commit_transaction, "kafka-python commit")
         commit.start()
         return commit
+
+    def _commit_not_confirmed(self, timeout_s: float) -> CommitInDoubt:
+        return CommitInDoubt(
+            f"Kafka at {self.settings.bootstrap_servers} did not confirm a commit to {self.topic!r} "
+            f"within {timeout_s:g} s (delivery_timeout_s)"
+        )
 
     def _begin_transaction(self) -> None:
         self.producer.begin_transaction()

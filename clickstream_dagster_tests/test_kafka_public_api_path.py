@@ -135,3 +135,15 @@ def test_without_the_fast_path_the_publisher_takes_the_public_api(monkeypatch):
         build(fast_path=True)
     monkeypatch.setattr(kafka_python_internals, "FAST_PATH_AVAILABLE", False)
     assert build().fast_path is False
+
+
+def test_sends_a_silent_broker_does_not_acknowledge_put_the_commit_in_doubt_as_on_the_fast_path(publisher, monkeypatch):
+    def silent(timeout=None):
+        raise KafkaTimeoutError("Timeout waiting for future")
+
+    monkeypatch.setattr(publisher.producer, "flush", silent)
+    publisher.send(b"k", b"v", None)
+    with pytest.raises(CommitInDoubt, match="did not confirm a commit to 'clicks' within 5 s"):
+        publisher.commit(b"c", b"{}", 5)
+    assert "commit" not in publisher.producer.calls
+    assert publisher.resolve_commit(5) is False  # never begun
