@@ -352,6 +352,11 @@ class KafkaPublisher:
         if fast_path and internals.FAST_PATH_MISSING:
             raise RuntimeError(f"the kafka-python fast path needs what kafka-python {kafka_version} lacks: {', '.join(internals.FAST_PATH_MISSING)}")
         self.fast_path = internals.fast_path_wanted() if fast_path is None else fast_path
+        if fast_path is None and self.transactional and internals.FAST_PATH_MISSING:
+            log.warning(
+                "kafka-python %s: transactions through its public API only (slower), it lacks %s",
+                kafka_version, ", ".join(internals.FAST_PATH_MISSING),
+            )
         # Public API only: the sends of the open transaction, all checked before it commits
         # (kafka-python would commit over a batch that expired), and whether it is begun.
         self._in_transaction: list = []
@@ -367,7 +372,7 @@ class KafkaPublisher:
                     if fast_path:
                         self.producer.close(timeout=0)
                         raise RuntimeError(f"the kafka-python fast path needs what this producer lacks: {', '.join(missing)}")
-                    log.warning("kafka-python %s: its public API only (slower), the producer lacks %s", kafka_version, ", ".join(missing))
+                    log.warning("kafka-python %s: transactions through its public API only (slower), the producer lacks %s", kafka_version, ", ".join(missing))
                     self.fast_path = False
                 if self.fast_path:
                     internals.check_partitions_once_per_transaction(self.producer)

@@ -122,15 +122,16 @@ def test_an_abort_drops_the_transaction_and_begins_the_next(publisher):
     assert publisher.producer.calls == ["send clicks", "abort", "begin"]
 
 
-def test_without_the_fast_path_the_publisher_takes_the_public_api(monkeypatch):
+def test_without_the_fast_path_the_publisher_takes_the_public_api(monkeypatch, caplog):
     monkeypatch.setattr(kafka_client, "KafkaProducer", PublicProducer)
     settings = KafkaSettings(bootstrap_servers="127.0.0.1:9")
 
     def build(**kwargs):
         return KafkaPublisher(settings, "clicks", [], checkpoint_topic="checkpoints", transactional_id="t", **kwargs)
 
-    # The probe passes here, but this producer has no private state: the public API, said once.
+    # The probe passes here, but this producer has no private state: the public API, said so.
     assert build().fast_path is False
+    assert "public API only (slower), the producer lacks KafkaProducer._transaction_manager" in caplog.text
     with pytest.raises(RuntimeError, match="KafkaProducer._transaction_manager"):
         build(fast_path=True)
     monkeypatch.setattr(kafka_python_internals, "FAST_PATH_AVAILABLE", False)
