@@ -350,7 +350,10 @@ class KafkaPublisher:
         self.transactional = transactional_id is not None
         self._committing = None  # the result of the last commit begun (see resolve_commit)
         if fast_path and internals.FAST_PATH_MISSING:
-            raise RuntimeError(f"the kafka-python fast path needs what kafka-python {kafka_version} lacks: {', '.join(internals.FAST_PATH_MISSING)}")
+            raise RuntimeError(
+                f"the kafka-python fast path needs what kafka-python {kafka_version} lacks: "
+                f"{', '.join(internals.FAST_PATH_MISSING)}"
+            )
         self.fast_path = internals.fast_path_wanted() if fast_path is None else fast_path
         if fast_path is None and self.transactional and internals.FAST_PATH_MISSING:
             log.warning(
@@ -372,7 +375,10 @@ class KafkaPublisher:
                     if fast_path:
                         self.producer.close(timeout=0)
                         raise RuntimeError(f"the kafka-python fast path needs what this producer lacks: {', '.join(missing)}")
-                    log.warning("kafka-python %s: transactions through its public API only (slower), the producer lacks %s", kafka_version, ", ".join(missing))
+                    log.warning(
+                        "kafka-python %s: transactions through its public API only (slower), the producer lacks %s",
+                        kafka_version, ", ".join(missing),
+                    )
                     self.fast_path = False
                 if self.fast_path:
                     internals.check_partitions_once_per_transaction(self.producer)

@@ -69,7 +69,9 @@ CALLS_THROUGH_THE_MANAGER = {
 def fast_path_missing() -> tuple[str, ...]:
     """What the installed kafka-python lacks of what the fast path relies on, each named as
     ``Class.attribute``; empty when it has everything. Needs no broker."""
-    missing = [f"TransactionManager.{name}" for name in TRANSACTION_MANAGER_METHODS if not callable(getattr(TransactionManager, name, None))]
+    missing = [
+        f"TransactionManager.{name}" for name in TRANSACTION_MANAGER_METHODS if not callable(getattr(TransactionManager, name, None))
+    ]
     missing += [f"TransactionManager.{name}" for name in TRANSACTION_MANAGER_CONSTANTS if not hasattr(TransactionManager, name)]
     missing += [f"TransactionState.{name}" for name in TRANSACTION_STATES if not hasattr(TransactionState, name)]
     if not callable(getattr(Sender, "wakeup", None)):
@@ -77,7 +79,9 @@ def fast_path_missing() -> tuple[str, ...]:
     try:
         manager = TransactionManager(transactional_id="probe", transaction_timeout_ms=60_000, api_version=(3, 9))
     except Exception as error:  # noqa: BLE001 - a changed constructor: say so, do not crash the import
-        missing.append(f"TransactionManager(transactional_id, transaction_timeout_ms, api_version) ({type(error).__name__}: {error})")
+        missing.append(
+            f"TransactionManager(transactional_id, transaction_timeout_ms, api_version) ({type(error).__name__}: {error})"
+        )
     else:
         missing += [f"TransactionManager.{name}" for name in TRANSACTION_MANAGER_STATE if not hasattr(manager, name)]
     # What begin_commit and begin_abort return, without starting either.
@@ -89,7 +93,11 @@ def fast_path_missing() -> tuple[str, ...]:
     classify = getattr(TransactionManager, "classify_batch_error", None)
     if callable(classify):
         parameters = inspect.signature(classify).parameters
-        missing += [f"TransactionManager.classify_batch_error({name}=)" for name in ("error", "batch", "log_start_offset") if name not in parameters]
+        missing += [
+            f"TransactionManager.classify_batch_error({name}=)"
+            for name in ("error", "batch", "log_start_offset")
+            if name not in parameters
+        ]
     try:
         init_source = inspect.getsource(KafkaProducer.__init__)
     except (OSError, TypeError):

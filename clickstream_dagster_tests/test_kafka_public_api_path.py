@@ -64,7 +64,8 @@ class PublicProducer:
 def publisher(monkeypatch):
     monkeypatch.setattr(kafka_client, "KafkaProducer", PublicProducer)
     built = KafkaPublisher(
-        KafkaSettings(bootstrap_servers="127.0.0.1:9"), "clicks", [], checkpoint_topic="checkpoints", transactional_id="t", fast_path=False
+        KafkaSettings(bootstrap_servers="127.0.0.1:9"), "clicks", [],
+        checkpoint_topic="checkpoints", transactional_id="t", fast_path=False,
     )
     built.producer.calls.clear()  # init, begin
     return built

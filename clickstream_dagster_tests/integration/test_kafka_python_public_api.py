@@ -11,13 +11,21 @@ from clickstream_dagster_tests.integration.test_replay_kafka import day_rows, pr
 pytestmark = pytest.mark.integration
 
 
-def test_a_replay_on_the_public_api_alone_delivers_every_row_exactly_once(prepared, kafka_bootstrap_servers, topic, dagster_instance, monkeypatch):
+def test_a_replay_on_the_public_api_alone_delivers_every_row_exactly_once(
+    prepared, kafka_bootstrap_servers, topic, dagster_instance, monkeypatch
+):
     monkeypatch.setenv(kafka_python_internals.FAST_PATH_VARIABLE, "off")
 
     def private(*args, **kwargs):
         raise AssertionError("the public-API path reached kafka-python's private state")
 
-    for capability in ("begin_commit", "begin_abort", "next_transaction_not_begun", "check_partitions_once_per_transaction", "abort_on_any_failed_batch"):
+    for capability in (
+        "begin_commit",
+        "begin_abort",
+        "next_transaction_not_begun",
+        "check_partitions_once_per_transaction",
+        "abort_on_any_failed_batch",
+    ):
         monkeypatch.setattr(kafka_python_internals, capability, private)
     commits = []  # whether each commit's publisher was on the fast path
     public_commit = KafkaPublisher._commit_through_public_api
