@@ -6,11 +6,14 @@ No Dagster here: ``resources/kafka.py`` builds ``KafkaSettings`` from typed conf
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
+import threading
 import time
 from dataclasses import dataclass, field, replace
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import __version__ as kafka_version
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import (
@@ -27,12 +30,17 @@ from kafka.errors import (
     TopicAuthorizationFailedError,
     TransactionalIdAuthorizationFailedError,
 )
-from kafka.producer.transaction_manager import TransactionState
 
+from clickstream_dagster import kafka_python_internals as internals
 from clickstream_dagster.checkpoints import TRANSACTIONAL_ID_PREFIX, Checkpoint
 from clickstream_dagster.kafka_login import login_problem
 from clickstream_dagster.replay import CommitInDoubt, DeliveryError, ProducerFenced
 from clickstream_dagster.topics import ORIGINAL_TIME_SETTINGS, ORIGINAL_TIME_TOPIC_CONFIGS, original_time_problems
+
+# The name the unit test of the failed-batch rule imports it by.
+_abort_on_any_failed_batch = internals.abort_on_any_failed_batch
+
+log = logging.getLogger(__name__)
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -312,52 +320,17 @@ def producer_config(settings: KafkaSettings, transactional_id: str | None, deliv
     }
 
 
-def _check_partitions_once_per_transaction(manager) -> None:
-    """Make a transactional send skip kafka-python's per-message check once its partition is in
-    the open transaction: the check takes the manager's lock four times on every send (8% of the
-    sending thread's time at max pacing) only to find the partition already there. The state
-    test is the one the check makes; anything else (a new partition, an error) takes the check."""
-    check = manager.maybe_add_partition_to_transaction
-
-    def maybe_add_partition_to_transaction(partition: TopicPartition) -> None:
-        if manager._current_state is TransactionState.IN_TRANSACTION and (
-            partition in manager._partitions_in_transaction
-            or partition in manager._pending_partitions_in_transaction
-            or partition in manager._new_partitions_in_transaction
-        ):
-            return
-        check(partition)
-
-    manager.maybe_add_partition_to_transaction = maybe_add_partition_to_transaction
-
-
-def _abort_on_any_failed_batch(manager) -> None:
-    """Make any batch that fails for good put the open transaction in the abortable state, as
-    the Java client does, so its commit is refused.
-
-    kafka-python classifies a retriable error that can no longer be retried (a batch expired
-    after ``delivery_timeout_ms``: its partition's leader or the coordinator's broker dead) as
-    RETRIABLE and fails that batch "without any state transition": the pending commit then went
-    ahead without it. With the coordinator's broker killed mid-commit, the checkpoint's batch
-    expired and the transaction committed its rows without their checkpoint, so the next attempt
-    resumed behind them and sent them again (a 3-broker failover test, 4 runs in 9)."""
-    classify = manager.classify_batch_error
-
-    def classify_batch_error(error, batch, log_start_offset=-1):
-        outcome = classify(error, batch, log_start_offset=log_start_offset)
-        if outcome == manager.ERROR_CLASS_RETRIABLE and manager.is_transactional():
-            return manager.ERROR_CLASS_ABORTABLE
-        return outcome
-
-    manager.classify_batch_error = classify_batch_error
-
-
 class KafkaPublisher:
     """A ``Publisher`` for one topic: idempotent, acks=all, a header set on every message.
 
     With a ``transactional_id`` (exactly_once) every message is sent inside a transaction that
     also writes the replay's checkpoint, and creating the publisher fences every earlier
     producer with that id: a zombie of an earlier attempt can no longer write.
+
+    Transactions take kafka-python's fast path (``kafka_python_internals``) when the installed
+    kafka-python has all it relies on, else its public API alone (``fast_path`` False; both
+    exactly once, the public one slower). ``fast_path``: None lets the probe and
+    ``KAFKA_PYTHON_FAST_PATH`` decide, False asks for the public API, True requires the fast path.
     """
 
     def __init__(
@@ -369,12 +342,28 @@ class KafkaPublisher:
         checkpoint_topic: str,
         transactional_id: str | None = None,
         delivery_timeout_s: float = 30.0,
+        fast_path: bool | None = None,
         **producer_options,
     ):
         self.settings, self.topic, self.headers = settings, topic, headers
         self.checkpoint_topic = checkpoint_topic
         self.transactional = transactional_id is not None
         self._committing = None  # the result of the last commit begun (see resolve_commit)
+        if fast_path and internals.FAST_PATH_MISSING:
+            raise RuntimeError(
+                f"the kafka-python fast path needs what kafka-python {kafka_version} lacks: "
+                f"{', '.join(internals.FAST_PATH_MISSING)}"
+            )
+        self.fast_path = internals.fast_path_wanted() if fast_path is None else fast_path
+        if fast_path is None and self.transactional and internals.FAST_PATH_MISSING:
+            log.warning(
+                "kafka-python %s: transactions through its public API only (slower), it lacks %s",
+                kafka_version, ", ".join(internals.FAST_PATH_MISSING),
+            )
+        # Public API only: the sends of the open transaction, all checked before it commits
+        # (kafka-python would commit over a batch that expired), and whether it is begun.
+        self._in_transaction: list = []
+        self._transaction_begun = False
         try:
             self.producer = KafkaProducer(**producer_config(settings, transactional_id, delivery_timeout_s) | producer_options)
             # Fetch the topics' metadata now, so the first send does not block on it and
@@ -382,10 +371,20 @@ class KafkaPublisher:
             self.producer.partitions_for(topic)
             self.producer.partitions_for(checkpoint_topic)
             if self.transactional:
-                _check_partitions_once_per_transaction(self.producer._transaction_manager)
-                _abort_on_any_failed_batch(self.producer._transaction_manager)
+                if self.fast_path and (missing := internals.producer_missing(self.producer)):
+                    if fast_path:
+                        self.producer.close(timeout=0)
+                        raise RuntimeError(f"the kafka-python fast path needs what this producer lacks: {', '.join(missing)}")
+                    log.warning(
+                        "kafka-python %s: transactions through its public API only (slower), the producer lacks %s",
+                        kafka_version, ", ".join(missing),
+                    )
+                    self.fast_path = False
+                if self.fast_path:
+                    internals.check_partitions_once_per_transaction(self.producer)
+                    internals.abort_on_any_failed_batch(internals.transaction_manager(self.producer))
                 self.producer.init_transactions()
-                self.producer.begin_transaction()
+                self._begin_transaction()
         except (KafkaError, OSError) as error:
             if hasattr(self, "producer"):
                 self.producer.close(timeout=0)
@@ -393,30 +392,68 @@ class KafkaPublisher:
 
     def send(self, key: bytes, value: bytes, timestamp_ms: int | None):
         try:
-            return self.producer.send(self.topic, value=value, key=key, headers=self.headers, timestamp_ms=timestamp_ms)
+            delivery = self.producer.send(self.topic, value=value, key=key, headers=self.headers, timestamp_ms=timestamp_ms)
         except KafkaError as error:
             raise self._delivery_error(f"sending to {self.topic!r}", error) from error
+        if self.transactional and not self.fast_path:
+            self._in_transaction.append(delivery)
+        return delivery
 
     def commit(self, checkpoint_key: bytes, checkpoint_value: bytes, timeout_s: float) -> None:
         self._committing = None
         try:
-            self.producer.send(self.checkpoint_topic, key=checkpoint_key, value=checkpoint_value)
+            checkpoint = self.producer.send(self.checkpoint_topic, key=checkpoint_key, value=checkpoint_value)
             if not self.transactional:
                 return
-            # KafkaProducer.commit_transaction() waits without a bound; its own result object
-            # (the same call, minus the unbounded wait) is bounded here.
-            result = self._committing = self.producer._transaction_manager.begin_commit()
-            self.producer._sender.wakeup()
-            if not result.wait(timeout_ms=int(timeout_s * 1000)):
-                raise CommitInDoubt(
-                    f"Kafka at {self.settings.bootstrap_servers} did not confirm a commit to {self.topic!r} "
-                    f"within {timeout_s:g} s (delivery_timeout_s)"
-                )
+            deadline = time.monotonic() + timeout_s
+            if self.fast_path:
+                # KafkaProducer.commit_transaction() waits without a bound; its own result object
+                # (the same call, minus the unbounded wait) is bounded here.
+                result = self._committing = internals.begin_commit(self.producer)
+            else:
+                self._in_transaction.append(checkpoint)
+                result = self._commit_through_public_api(timeout_s)
+            # The public API's flush took its share of timeout_s: the whole commit stays within it.
+            if not result.wait(timeout_ms=max(int((deadline - time.monotonic()) * 1000), 0)):
+                raise self._commit_not_confirmed(timeout_s)
             if result.failed:  # a batch of the transaction failed: nothing of it was committed
                 raise result.exception
-            self.producer.begin_transaction()
+            self._begin_transaction()
         except KafkaError as error:
             raise self._delivery_error(f"committing to {self.topic!r}", error) from error
+
+    def _commit_through_public_api(self, timeout_s: float) -> InThread:
+        """Begin the commit once every send of the transaction succeeded: kafka-python's public
+        ``commit_transaction`` would commit over a batch that expired (see
+        ``kafka_python_internals.abort_on_any_failed_batch``), leaving a hole. Raises the first
+        failure, and the transaction stays open for ``abort``; returns the commit under way."""
+        try:
+            self.producer.flush(timeout=timeout_s)
+        except KafkaTimeoutError:
+            # A silent broker: as on the fast path, whose commit waits for these sends first.
+            raise self._commit_not_confirmed(timeout_s) from None
+        for delivery in self._in_transaction:
+            if not delivery.is_done:
+                raise self._commit_not_confirmed(timeout_s)
+            if delivery.failed():
+                raise delivery.exception
+        self._transaction_begun = False
+        # commit_transaction waits without a bound: in its own thread, the wait here is bounded.
+        # Recorded before it starts, so that an interrupt cannot fall between the two.
+        self._committing = commit = InThread(self.producer.commit_transaction, "kafka-python commit")
+        commit.start()
+        return commit
+
+    def _commit_not_confirmed(self, timeout_s: float) -> CommitInDoubt:
+        return CommitInDoubt(
+            f"Kafka at {self.settings.bootstrap_servers} did not confirm a commit to {self.topic!r} "
+            f"within {timeout_s:g} s (delivery_timeout_s)"
+        )
+
+    def _begin_transaction(self) -> None:
+        self.producer.begin_transaction()
+        self._in_transaction.clear()
+        self._transaction_begun = True
 
     def resolve_commit(self, timeout_s: float) -> bool:
         result = self._committing
@@ -427,8 +464,8 @@ class KafkaPublisher:
                 raise CommitInDoubt(f"Kafka at {self.settings.bootstrap_servers} did not confirm an interrupted commit within {timeout_s:g} s")
             if result.failed:
                 return False
-            if self.producer._transaction_manager._current_state == TransactionState.READY:
-                self.producer.begin_transaction()  # interrupted before the next transaction began
+            if internals.next_transaction_not_begun(self.producer) if self.fast_path else not self._transaction_begun:
+                self._begin_transaction()  # interrupted before the next transaction began
             return True
         except KafkaError as error:
             raise self._delivery_error(f"committing to {self.topic!r}", error) from error
@@ -444,11 +481,15 @@ class KafkaPublisher:
         if not self.transactional:
             return
         try:
-            result = self.producer._transaction_manager.begin_abort()
-            self.producer._sender.wakeup()
+            if self.fast_path:
+                result = internals.begin_abort(self.producer)
+            else:  # abort_transaction waits without a bound: in its own thread
+                self._transaction_begun = False
+                result = InThread(self.producer.abort_transaction, "kafka-python abort")
+                result.start()
             if not result.wait(timeout_ms=int(timeout_s * 1000)):
                 raise DeliveryError(f"Kafka at {self.settings.bootstrap_servers} did not confirm an abort within {timeout_s:g} s")
-            self.producer.begin_transaction()
+            self._begin_transaction()
         except KafkaError as error:
             raise self._delivery_error(f"aborting a transaction on {self.topic!r}", error) from error
 
@@ -470,6 +511,43 @@ class KafkaPublisher:
         if isinstance(error, KafkaTimeoutError):
             return DeliveryError(f"Kafka at {self.settings.bootstrap_servers}: {doing} timed out: {error}")
         return DeliveryError(f"Kafka at {self.settings.bootstrap_servers}: {doing} failed: {self.settings.explain(error)}")
+
+
+class InThread:
+    """A call that waits without a bound (kafka-python's ``commit_transaction``,
+    ``abort_transaction``) run in its own thread, so that the caller's wait has one; shaped
+    like kafka-python's result of a commit: ``wait(timeout_ms)`` (raises the call's error),
+    ``failed``, ``exception``. A call that never returns leaves its (daemon) thread waiting."""
+
+    def __init__(self, call, name: str):
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(call,), name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self, call) -> None:
+        try:
+            call()
+        except BaseException as error:  # noqa: BLE001 - handed to the waiting caller
+            self._error = error
+        finally:
+            self._done.set()
+
+    def wait(self, timeout_ms: int | None = None) -> bool:
+        done = self._done.wait(None if timeout_ms is None else timeout_ms / 1000)
+        if self._error is not None:
+            raise self._error
+        return done
+
+    @property
+    def failed(self) -> bool:
+        return self._done.is_set() and self._error is not None
+
+    @property
+    def exception(self) -> BaseException | None:
+        return self._error
 
 
 def _consumer(settings: KafkaSettings) -> KafkaConsumer:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import socket
 import ssl
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from kafka.errors import KafkaError, for_code
 from kafka.net.sasl import get_sasl_mechanism
@@ -22,8 +22,22 @@ from kafka.protocol.metadata import ApiVersionsRequest, MetadataRequest
 from kafka.protocol.parser import KafkaProtocol
 from kafka.protocol.sasl import SaslAuthenticateRequest, SaslHandshakeRequest
 
-if TYPE_CHECKING:
-    from clickstream_dagster.kafka_client import KafkaSettings
+
+class LoginSettings(Protocol):
+    """What a login reads of ``kafka_client.KafkaSettings``, which asks ``login_problem`` when a
+    cluster refuses it: declared here, so that this module depends on no module of ours."""
+
+    bootstrap_servers: str
+    client_id: str
+    security_protocol: str
+    sasl_mechanism: str | None
+    sasl_username: str | None
+    ssl_cafile: str | None
+    ssl_certfile: str | None
+    ssl_keyfile: str | None
+    connect_timeout_s: float
+
+    def client_config(self) -> dict: ...
 
 # Enough for a TLS handshake and a SCRAM exchange on a busy machine; a login never takes longer.
 MAX_LOGIN_S = 5.0
@@ -49,7 +63,7 @@ class _Connection:
                 return response
 
 
-def login_problem(settings: KafkaSettings) -> str | None:
+def login_problem(settings: LoginSettings) -> str | None:
     """Why the first bootstrap server refuses these settings, or None when the login works
     (or the server cannot be reached at all: that is the client's own timeout to report)."""
     host, _, port = settings.bootstrap_servers.split(",")[0].strip().rpartition(":")
@@ -87,7 +101,7 @@ def login_problem(settings: KafkaSettings) -> str | None:
         sock.close()
 
 
-def _tls_context(settings: KafkaSettings) -> ssl.SSLContext:
+def _tls_context(settings: LoginSettings) -> ssl.SSLContext:
     """As kafka-python builds it (kafka.net.transport): TLS 1.2+, host name checked."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -100,7 +114,7 @@ def _tls_context(settings: KafkaSettings) -> ssl.SSLContext:
     return context
 
 
-def _login(connection: _Connection, settings: KafkaSettings) -> str | None:
+def _login(connection: _Connection, settings: LoginSettings) -> str | None:
     try:
         connection.call(ApiVersionsRequest(version=3, client_software_name="clickstream-dagster", client_software_version="1"))
     except (_Closed, KafkaError):
@@ -142,5 +156,5 @@ def _login(connection: _Connection, settings: KafkaSettings) -> str | None:
     return None
 
 
-def _closed_reason(settings: KafkaSettings, when: str) -> str:
+def _closed_reason(settings: LoginSettings, when: str) -> str:
     return f"the broker closed the connection {when} (security_protocol {settings.security_protocol})"
