@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import statistics
 import threading
 import time
 from collections import deque
@@ -25,6 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from clickstream_dagster.checkpoints import ReplayStatus
+from clickstream_dagster.commit_cadence import CommitCadence
 from clickstream_dagster.encoding import EncodedMessages
 
 
@@ -209,6 +209,419 @@ class ReplayTiming:
     close_timeout_s: float = 5.0
 
 
+# Max pacing: messages sent between two clock reads, delivery checks, commit checks and
+# progress checks. At 100k msgs/s a batch takes well under 1 ms, at 10k about 3 ms: far
+# below a commit every ~100 ms and a progress line every minute.
+MAX_PACE_BATCH = 32
+
+
+@dataclass
+class ReplayState:
+    """Where a replay stands, shared by its steps. The counts (sent, acknowledged, delivered, in
+    doubt) are in ``progress``, which the caller keeps when the replay is interrupted."""
+
+    progress: ReplayProgress
+    start: float  # the clock reading at which row ``start_row`` is due
+    last_commit: float  # the clock reading when the last commit ended
+    # Sent, not yet accounted for, oldest first: (delivery, bytes, index in this attempt).
+    pending: deque[tuple[Delivery | BatchDelivery, int, int]] = field(default_factory=deque)
+    checkpointed: int = 0  # rows covered by the last checkpoint written
+    # Rows a commit under way covers, until they are accounted for: an interrupt (a signal)
+    # can land inside the commit or just after it, when the broker may have committed rows
+    # the counts do not show yet.
+    committing: int | None = None
+    stopping_since: float | None = None  # the clock reading when the stop began
+    next_tenth: int = 0  # the next 10% milestone (in rows sent) that earns a progress line
+    last_report: float = 0.0  # the clock reading of the last progress line
+
+
+class ExactlyOnce:
+    """Transactional delivery: a row is delivered when the transaction holding it commits, so
+    commits come before waits and at a steady interval; a stop aborts the open transaction."""
+
+    def watch(self, replay: Replay, delivery: Delivery, j: int) -> None:
+        pass  # acknowledgements say nothing about readability: the commit does
+
+    def acknowledged(self, replay: Replay, j: int) -> None:
+        pass
+
+    def commit_due(self, replay: Replay, now: float, waiting: bool) -> bool:
+        state, progress = replay.state, replay.state.progress
+        unreadable_for_s = None  # the age of the oldest message not yet readable (rows delivered..sent)
+        if progress.sent > progress.delivered:
+            j = progress.delivered
+            unreadable_for_s = now - (state.start + replay.due_s[j] + progress.lateness_s[j])
+        return replay.cadence.due_for_readability(now - state.last_commit, unreadable_for_s, waiting)
+
+    def checkpoint_rows(self, replay: Replay, rows: int) -> int:
+        return rows  # the commit makes every row sent readable
+
+    def in_doubt(self, replay: Replay, rows: int) -> int:
+        return rows - replay.state.progress.delivered
+
+    def committed(self, replay: Replay, rows: int, done: float) -> None:
+        # A commit flushes first: every send so far is acknowledged and now readable.
+        progress = replay.state.progress
+        replay.settle(block=True)
+        if replay.paced:
+            due = np.asarray(replay.due_s[progress.delivered : rows])
+            progress.latency_s[progress.delivered : rows] = done - replay.state.start - due
+        progress.delivered, progress.in_doubt = rows, 0
+
+    def before_finish(self, replay: Replay) -> None:
+        pass  # the finishing commit flushes and accounts for everything
+
+    def make_durable(self, replay: Replay, timeout_s: float) -> None:
+        pass  # a committed checkpoint is durable already
+
+    def drop_unreadable(self, replay: Replay, fenced: bool) -> bool:
+        """Abort the open transaction (not when fenced, or a commit is in doubt: nothing may be
+        written then). True when the producer can still write."""
+        if replay.state.committing is not None:
+            replay.resolve()
+        with contextlib.suppress(Exception):
+            if replay.state.progress.in_doubt == 0 and not fenced:
+                replay.publisher.abort(replay.timing.close_timeout_s)
+                return True
+        return False
+
+
+class AtLeastOnce:
+    """Idempotent sends without transactions: a row is delivered when the broker acknowledges
+    it (in send order, the acknowledged prefix), and a checkpoint is a plain send recording that
+    prefix; a stop flushes what was sent."""
+
+    def __init__(self, count: int):
+        # When the broker acknowledged each row (paced only), stamped by delivery callbacks.
+        self.acked_at = np.zeros(count, dtype=np.float64)
+
+    def watch(self, replay: Replay, delivery: Delivery, j: int) -> None:
+        delivery.add_callback(_stamp, self.acked_at, j, replay.clock)
+
+    def acknowledged(self, replay: Replay, j: int) -> None:
+        # Acknowledged in order per partition: the acked prefix in send order is delivered.
+        progress = replay.state.progress
+        if replay.paced:
+            progress.latency_s[j] = (self.acked_at[j] or replay.clock()) - replay.state.start - replay.due_s[j]
+        progress.delivered = j + 1
+
+    def commit_due(self, replay: Replay, now: float, waiting: bool) -> bool:
+        since_s = now - replay.state.last_commit
+        replay.settle(block=False)
+        advanced = replay.state.progress.delivered > replay.state.checkpointed
+        return replay.cadence.due_for_progress(since_s, advanced)
+
+    def checkpoint_rows(self, replay: Replay, rows: int) -> int:
+        replay.settle(block=False)
+        return replay.state.progress.delivered
+
+    def in_doubt(self, replay: Replay, rows: int) -> int:
+        return 0  # the rows were acknowledged already: only the checkpoint is in doubt
+
+    def committed(self, replay: Replay, rows: int, done: float) -> None:
+        pass  # delivery was counted as the acknowledgements came
+
+    def before_finish(self, replay: Replay) -> None:
+        replay.publisher.flush(replay.timing.delivery_timeout_s)
+        replay.settle(block=True)
+
+    def make_durable(self, replay: Replay, timeout_s: float) -> None:
+        replay.publisher.flush(timeout_s)  # the checkpoint is a plain send
+
+    def drop_unreadable(self, replay: Replay, fenced: bool) -> bool:
+        """Flush, and count what the broker acknowledged: the acknowledged prefix is delivered,
+        a batch not delivered whole counts its acknowledgements only. True when it flushed."""
+        with contextlib.suppress(Exception):
+            replay.publisher.flush(replay.timing.close_timeout_s)
+            pending = replay.state.pending
+            for delivery, size, j in pending:
+                if delivery.is_done and not delivery.failed():
+                    replay.record_ack(delivery, size, j)
+                else:
+                    replay.record_batch_acks(delivery)
+                    break
+            pending.clear()
+            return True
+        return False
+
+
+class Replay:
+    """One attempt of a replay: its inputs, its ``state``, and its steps (send, settle, commit,
+    wait, stop and resolve). ``delivery`` (``ExactlyOnce`` or ``AtLeastOnce``, from the
+    publisher) decides what a commit means; ``cadence`` when one is due. See ``run_replay``."""
+
+    def __init__(
+        self,
+        messages: EncodedMessages,
+        offsets_s: np.ndarray,
+        publisher: Publisher,
+        *,
+        start_row: int,
+        checkpoint: CheckpointWriter | None,
+        record_timestamps_ms: list[int] | None,
+        progress: ReplayProgress | None,
+        on_progress: Callable[[ReplayProgress], None],
+        should_stop: Callable[[], str | None],
+        paced: bool,
+        start_delay_s: float,
+        timing: ReplayTiming,
+    ):
+        self.messages, self.publisher, self.checkpoint = messages, publisher, checkpoint
+        self.start_row, self.record_timestamps_ms, self.paced = start_row, record_timestamps_ms, paced
+        self.on_progress, self.should_stop, self.timing = on_progress, should_stop, timing
+        self.clock, self.sleep, self.now_ns = timing.clock, timing.sleep, timing.wall_clock_ns
+        total = len(messages)
+        self.count = count = max(total - start_row, 0)
+        progress = progress if progress is not None else ReplayProgress(total=total)
+        progress.total, progress.start_row, progress.paced = total, start_row, paced
+        progress.lateness_s = np.zeros(count, dtype=np.float64)
+        progress.latency_s = np.zeros(count, dtype=np.float64)
+        # When each row is due after the start; plain floats: NumPy scalar arithmetic is slow in the hot loop.
+        origin_s = offsets_s[start_row] if count else 0.0
+        self.due_s = (np.asarray(offsets_s[start_row:], dtype=np.float64) - origin_s).tolist()
+        self.called = called = self.clock()
+        start = called + max(start_delay_s, 0.0)
+        progress.first_due_ns = self.now_ns() + round((start - called) * 1e9)
+        progress.last_due_ns = progress.first_due_ns + round((self.due_s[-1] if count else 0.0) * 1e9)
+        self.tenth = max(count // 10, 1)
+        self.state = ReplayState(progress, start, last_commit=called, next_tenth=self.tenth, last_report=called)
+        self.cadence = CommitCadence(timing.commit_every_s, timing.commit_share, timing.heartbeat_s)
+        self.delivery: ExactlyOnce | AtLeastOnce = ExactlyOnce() if publisher.transactional else AtLeastOnce(count)
+
+    def run(self) -> ReplayProgress:
+        state = self.state
+        try:
+            if state.start > self.called:
+                self.wait_until(state.start)
+            if self.paced:
+                for j in range(self.count):  # one message at a time, on time
+                    self.send(j)
+            else:
+                self.send_at_max_pace()
+            self.finish()
+        except BaseException as error:
+            self.stop(error)
+            raise
+        finally:
+            state.progress.elapsed_s = max(self.clock() - state.start, 0.0)
+        return state.progress
+
+    def send(self, j: int) -> None:
+        """Paced: wait until row ``j`` of this attempt is due, send it, then settle, commit and
+        report as due."""
+        state, progress, messages = self.state, self.state.progress, self.messages
+        i = self.start_row + j
+        due = state.start + self.due_s[j]
+        now = self.wait_until(due)
+        progress.lateness_s[j] = now - due
+        sent_ns = self.now_ns()
+        value = messages.value(i, sent_ns)
+        progress.last_sent_ns = sent_ns
+        if not progress.first_sent_ns:
+            progress.first_sent_ns = sent_ns
+        record_ts = self.record_timestamps_ms[i] if self.record_timestamps_ms is not None else None
+        delivery = self.publisher.send(messages.keys[i], value, record_ts)
+        self.delivery.watch(self, delivery, j)
+        state.pending.append((delivery, len(value), j))
+        if j < progress.keep_first:
+            progress.first_messages.append((messages.keys[i], value))
+        progress.sent = j + 1
+        self.settle(block=False)
+        self.commit_if_due(now)
+        self.report(now)
+
+    def send_at_max_pace(self) -> None:
+        """Send every row as fast as the publisher takes them.
+
+        The same accounting as ``send``, batched: nothing is scheduled, so the clock is read
+        once per batch (the hand-off time and the replay time in the values are the batch's),
+        and deliveries, commits and progress are looked at between batches. A
+        ``BatchPublisher`` gets each batch in one call and reports it as one delivery."""
+        messages, publisher, progress, pending = self.messages, self.publisher, self.state.progress, self.state.pending
+        start_row, count, start, clock, now_ns = self.start_row, self.count, self.state.start, self.clock, self.now_ns
+        keys, send, append = messages.keys, publisher.send, pending.append
+        new_batch, send_batch = getattr(publisher, "new_batch", None), getattr(publisher, "send_batch", None)
+        stamps = self.record_timestamps_ms if self.record_timestamps_ms is not None else [None] * (start_row + count)
+        lateness = progress.lateness_s
+        for first in range(0, count, MAX_PACE_BATCH):
+            last = min(first + MAX_PACE_BATCH, count)
+            lateness[first:last] = clock() - start  # hand-off time: commit_due measures waits from it
+            rows = slice(start_row + first, start_row + last)
+            sent_ns = now_ns()
+            values = messages.values(rows.start, rows.stop, sent_ns)
+            progress.first_sent_ns = progress.first_sent_ns or sent_ns
+            progress.last_sent_ns = sent_ns
+            if send_batch is not None:
+                batch = new_batch()
+                try:
+                    send_batch(batch, keys[rows], values, stamps[rows])
+                finally:
+                    # What was handed over, even if a send failed mid-batch.
+                    if batch.count:
+                        append((batch, sum(map(len, values[: batch.count])), first + batch.count - 1))
+                    progress.sent = first + batch.count
+            else:
+                try:
+                    for j, key, value, stamp in zip(range(first, last), keys[rows], values, stamps[rows]):
+                        append((send(key, value, stamp), len(value), j))
+                finally:
+                    # What was handed over, even if a send failed mid-batch.
+                    progress.sent = pending[-1][2] + 1 if pending and pending[-1][2] >= first else first
+            if first < progress.keep_first:
+                progress.first_messages += list(zip(keys[rows], values))[: progress.keep_first - first]
+            self.settle(False)
+            now = clock()
+            self.commit_if_due(now)
+            self.report(now)
+
+    def settle(self, block: bool) -> None:
+        """Account for the deliveries the broker reported, oldest first (all of them when
+        ``block``: the client was flushed); fail on a rejected one or one overdue."""
+        state, pending = self.state, self.state.pending
+        # Deliveries complete in order per partition; in the loop, looking at the head is enough.
+        while pending and (block or pending[0][0].is_done):
+            delivery, size, j = pending[0]
+            if not delivery.is_done:
+                unacked = state.progress.sent - state.progress.acked
+                raise DeliveryError(f"{unacked} message(s) not acknowledged by the broker")
+            pending.popleft()
+            if delivery.failed():
+                self.record_batch_acks(delivery)
+                raise DeliveryError(f"the broker rejected a message: {delivery.exception!r}") from delivery.exception
+            self.record_ack(delivery, size, j)
+        if pending:
+            j, timeout_s = pending[0][2], self.timing.delivery_timeout_s
+            if self.clock() - state.start - self.due_s[j] > timeout_s + state.progress.lateness_s[j]:
+                raise DeliveryError(f"no acknowledgement from the broker for {timeout_s:g} s")
+
+    def record_ack(self, delivery: Delivery | BatchDelivery, size: int, j: int) -> None:
+        """``delivery`` (the last of rows ..j) acknowledged: ``size`` bytes."""
+        progress = self.state.progress
+        if not self.record_batch_acks(delivery):
+            meta = delivery.value
+            span = progress.offsets.get(meta.partition)
+            if span is None:
+                progress.offsets[meta.partition] = [meta.offset, meta.offset]
+            else:
+                span[0], span[1] = min(span[0], meta.offset), max(span[1], meta.offset)
+            progress.acked += 1
+        progress.acked_bytes += size
+        self.delivery.acknowledged(self, j)
+
+    def record_batch_acks(self, delivery: Delivery | BatchDelivery) -> bool:
+        """Count what of a batch was acknowledged (all of it, or, when the batch is not delivered
+        whole, what is in the topic anyway: not a prefix of the day to resume after).
+        False for a single message's delivery."""
+        if getattr(delivery, "spans", None) is None:
+            return False
+        offsets = self.state.progress.offsets
+        for partition, (first, last) in delivery.spans.items():
+            span = offsets.get(partition)
+            if span is None:
+                offsets[partition] = [first, last]
+            else:
+                span[0], span[1] = min(span[0], first), max(span[1], last)
+        self.state.progress.acked += delivery.acked
+        return True
+
+    def commit_if_due(self, now: float) -> None:
+        if self.delivery.commit_due(self, now, waiting=False):
+            self.commit(ReplayStatus.RUNNING)
+
+    def commit(self, status: ReplayStatus) -> None:
+        """Stop if told to; else write a checkpoint with ``status`` and commit it (with the open
+        transaction, exactly_once), then account for what it made readable."""
+        state, progress = self.state, self.state.progress
+        if reason := self.should_stop():
+            raise ReplayStopped(reason)
+        if self.checkpoint is None:  # nothing to record (unit tests, benchmarks): only the stop check
+            state.last_commit = self.clock()
+            return
+        rows = progress.sent
+        state.checkpointed = self.delivery.checkpoint_rows(self, rows)
+        key, value = self.checkpoint(self.start_row + state.checkpointed, status)
+        began = self.clock()
+        state.committing = rows
+        try:
+            self.publisher.commit(key, value, self.timing.delivery_timeout_s)
+        except CommitInDoubt:
+            state.committing = None
+            progress.in_doubt = self.delivery.in_doubt(self, rows)
+            raise
+        except Exception:
+            state.committing = None  # refused by the broker: not committed
+            raise
+        done = state.last_commit = self.clock()
+        progress.commits += 1
+        progress.commit_s.append(done - began)
+        self.cadence.took(done - began)
+        if done - began > 1.0:
+            progress.elapsed_s = done - state.start
+            self.on_progress(progress)  # a stalled broker shows in the delivery lag as soon as it answers
+        self.delivery.committed(self, rows, done)
+        state.committing = None
+
+    def wait_until(self, due: float) -> float:
+        """Sleep until ``due``; commit first if the wait can hold a commit, beat during long waits."""
+        clock = self.clock
+        now = clock()
+        while now < due:
+            if self.cadence.fits(due - now) and self.delivery.commit_due(self, now, waiting=True):
+                self.commit(ReplayStatus.RUNNING)
+                now = clock()
+                continue
+            self.sleep(min(due - now, self.timing.heartbeat_s))
+            now = clock()
+        return now
+
+    def report(self, now: float) -> None:
+        """A progress line at each tenth and at least every ``progress_every_s``, but not within
+        a sixth of that of the last one (except the last row's)."""
+        state, progress, every_s = self.state, self.state.progress, self.timing.progress_every_s
+        if progress.sent >= state.next_tenth or now - state.last_report >= every_s:
+            if now - state.last_report >= every_s / 6 or progress.sent == self.count:
+                progress.elapsed_s = now - state.start
+                self.on_progress(progress)
+                state.last_report = now
+            while state.next_tenth <= progress.sent:
+                state.next_tenth += self.tenth
+
+    def finish(self) -> None:
+        """Every row sent: account for all of them, and commit the last checkpoint as finished."""
+        self.delivery.before_finish(self)
+        self.commit(ReplayStatus.FINISHED)
+        self.delivery.make_durable(self, self.timing.delivery_timeout_s)
+
+    def stop(self, error: BaseException) -> None:
+        """Cancelled, stopped or failed: what was committed stays; what is not readable yet is
+        dropped (exactly_once) or flushed and counted (at_least_once), so the report equals what
+        a read_committed consumer finds; then, if the producer can still write, a checkpoint
+        says the replay stopped, so it holds the topic no longer (best effort, bounded)."""
+        state, progress, timeout_s = self.state, self.state.progress, self.timing.close_timeout_s
+        state.stopping_since = self.clock()
+        fenced = isinstance(error, ProducerFenced)
+        clean = self.delivery.drop_unreadable(self, fenced)
+        if self.checkpoint is not None and clean and not fenced:
+            with contextlib.suppress(Exception):
+                key, value = self.checkpoint(progress.next_row, ReplayStatus.STOPPED)
+                self.publisher.commit(key, value, timeout_s)
+                self.delivery.make_durable(self, timeout_s)
+        progress.cleanup_s = self.clock() - state.stopping_since
+
+    def resolve(self) -> None:
+        """Interrupted around a commit: learn whether it committed before saying how far the
+        replay got (neither committed nor aborted, when the broker does not answer in time)."""
+        state, progress = self.state, self.state.progress
+        rows, state.committing = state.committing, None
+        try:
+            if self.publisher.resolve_commit(self.timing.close_timeout_s):
+                with contextlib.suppress(Exception):
+                    self.settle(block=True)
+                progress.delivered, progress.in_doubt = rows, 0
+        except Exception:  # noqa: BLE001 - no answer: neither committed nor aborted
+            progress.in_doubt = rows - progress.delivered
+
+
 def run_replay(
     messages: EncodedMessages,
     offsets_s: np.ndarray,
@@ -235,249 +648,19 @@ def run_replay(
     exception the open transaction is aborted (or, without one, the sends flushed), within
     ``close_timeout_s``, and ``progress`` says what a read_committed consumer will find.
     """
-    total = len(messages)
-    count = max(total - start_row, 0)
-    progress = progress or ReplayProgress(total=total)
-    progress.total, progress.start_row, progress.paced = total, start_row, paced
-    progress.lateness_s = lateness = np.zeros(count, dtype=np.float64)
-    progress.latency_s = latency = np.zeros(count, dtype=np.float64)
-    clock, sleep, now_ns = timing.clock, timing.sleep, timing.wall_clock_ns
-    transactional = publisher.transactional
-    # plain floats: NumPy scalar arithmetic is slow in the hot loop
-    due_s = (np.asarray(offsets_s[start_row:], dtype=np.float64) - (offsets_s[start_row] if count else 0.0)).tolist()
-    pending: deque[tuple[Delivery, int, int]] = deque()  # (delivery, size, index in this attempt)
-    acked_at = np.zeros(count, dtype=np.float64)  # filled by delivery callbacks (paced only)
-    called = clock()
-    start = called + max(start_delay_s, 0.0)
-    progress.first_due_ns = now_ns() + round((start - called) * 1e9)
-    progress.last_due_ns = progress.first_due_ns + round((due_s[-1] if count else 0.0) * 1e9)
-    last_commit = called
-    checkpointed = [0]  # rows covered by the last checkpoint written
-    # What a commit takes, as the median of the recent ones: a wait too short to hold one is not
-    # spent committing. A median, so one slow commit does not push every message after it back
-    # to the 100 ms cadence (as a running mean did, for the next half second).
-    # None measured yet: try one in the first wait.
-    recent_commits_s: deque[float] = deque(maxlen=15)
-    # Both derived from recent_commits_s at each commit, as the send loop reads them: the
-    # typical commit, and how old the oldest unreadable message gets while messages flow
-    # (commit_every_s, or longer when commits are slow, so they take at most commit_share of the time).
-    typical_commit_s, commit_interval_s = 0.0, timing.commit_every_s
-    # Rows a commit under way covers, until they are accounted for: an interrupt (a signal)
-    # can land inside the commit or just after it, when the broker may have committed rows
-    # the counts do not show yet.
-    committing: list[int | None] = [None]
-    tenth = max(count // 10, 1)
-    next_tenth, last_report = tenth, called
+    replay = Replay(
+        messages, offsets_s, publisher, start_row=start_row, checkpoint=checkpoint,
+        record_timestamps_ms=record_timestamps_ms, progress=progress, on_progress=on_progress,
+        should_stop=should_stop, paced=paced, start_delay_s=start_delay_s, timing=timing,
+    )
+    return replay.run()
 
-    def record_spans(spans: dict[int, list[int]]) -> None:
-        for partition, (first, last) in spans.items():
-            span = progress.offsets.get(partition)
-            if span is None:
-                progress.offsets[partition] = [first, last]
-            else:
-                span[0], span[1] = min(span[0], first), max(span[1], last)
 
-    def record_batch_acks(delivery: Delivery | BatchDelivery) -> bool:
-        """Count what of a batch was acknowledged (all of it, or, when the batch is not delivered
-        whole, what is in the topic anyway: not a prefix of the day to resume after).
-        False for a single message's delivery."""
-        if getattr(delivery, "spans", None) is None:
-            return False
-        record_spans(delivery.spans)
-        progress.acked += delivery.acked
-        return True
-
-    def record_ack(delivery: Delivery | BatchDelivery, size: int, j: int) -> None:
-        """``delivery`` (the last of rows ..j) acknowledged: ``size`` bytes."""
-        if not record_batch_acks(delivery):
-            meta = delivery.value
-            span = progress.offsets.get(meta.partition)
-            if span is None:
-                progress.offsets[meta.partition] = [meta.offset, meta.offset]
-            else:
-                span[0], span[1] = min(span[0], meta.offset), max(span[1], meta.offset)
-            progress.acked += 1
-        progress.acked_bytes += size
-        if not transactional:
-            # Acknowledged in order per partition: the acked prefix in send order is delivered.
-            if paced:
-                latency[j] = (acked_at[j] or clock()) - start - due_s[j]
-            progress.delivered = j + 1
-
-    def settle(block: bool) -> None:
-        # Deliveries complete in order per partition; in the loop, looking at the head is enough.
-        while pending and (block or pending[0][0].is_done):
-            delivery, size, j = pending[0]
-            if not delivery.is_done:
-                raise DeliveryError(f"{progress.sent - progress.acked} message(s) not acknowledged by the broker")
-            pending.popleft()
-            if delivery.failed():
-                record_batch_acks(delivery)
-                raise DeliveryError(f"the broker rejected a message: {delivery.exception!r}") from delivery.exception
-            record_ack(delivery, size, j)
-        if pending and clock() - start - due_s[pending[0][2]] > timing.delivery_timeout_s + lateness[pending[0][2]]:
-            raise DeliveryError(f"no acknowledgement from the broker for {timing.delivery_timeout_s:g} s")
-
-    def commit(status: ReplayStatus) -> None:
-        nonlocal last_commit, typical_commit_s, commit_interval_s
-        reason = should_stop()
-        if reason:
-            raise ReplayStopped(reason)
-        if checkpoint is None:  # nothing to record (unit tests, benchmarks): only the stop check
-            last_commit = clock()
-            return
-        rows = progress.sent
-        if not transactional:
-            settle(block=False)
-        checkpointed[0] = rows if transactional else progress.delivered
-        key, value = checkpoint(start_row + checkpointed[0], status)
-        began = clock()
-        committing[0] = rows
-        try:
-            publisher.commit(key, value, timing.delivery_timeout_s)
-        except CommitInDoubt:
-            committing[0] = None
-            progress.in_doubt = rows - progress.delivered if transactional else 0
-            raise
-        except Exception:
-            committing[0] = None  # refused by the broker: not committed
-            raise
-        done = clock()
-        progress.commits += 1
-        progress.commit_s.append(done - began)
-        recent_commits_s.append(done - began)
-        typical_commit_s = statistics.median(recent_commits_s)
-        commit_interval_s = max(timing.commit_every_s, typical_commit_s * (1 - timing.commit_share) / timing.commit_share)
-        last_commit = done
-        if done - began > 1.0:
-            progress.elapsed_s = done - start
-            on_progress(progress)  # a stalled broker shows in the delivery lag as soon as it answers
-        if transactional:
-            # A commit flushes first: every send so far is acknowledged and now readable.
-            settle(block=True)
-            if paced:
-                latency[progress.delivered : rows] = done - start - np.asarray(due_s[progress.delivered : rows])
-            progress.delivered, progress.in_doubt = rows, 0
-        committing[0] = None
-
-    def commit_due(now: float, waiting: bool) -> bool:
-        since = now - last_commit
-        if transactional:
-            # Before a wait, make what was sent readable at once; while sending, every commit_interval_s.
-            # the oldest message not yet readable (a commit covers rows delivered..sent)
-            if progress.sent > progress.delivered:
-                oldest_s = now - (start + due_s[progress.delivered] + lateness[progress.delivered])
-                if waiting or oldest_s >= commit_interval_s:
-                    return True
-            return since >= timing.heartbeat_s
-        settle(block=False)
-        advanced = progress.delivered > checkpointed[0]
-        return (advanced and since >= timing.commit_every_s) or since >= timing.heartbeat_s
-
-    def wait_until(due: float) -> float:
-        """Sleep until ``due``; commit first if the wait can hold a commit, beat during long waits."""
-        now = clock()
-        while now < due:
-            if due - now > typical_commit_s * 1.5 and commit_due(now, waiting=True):
-                commit(ReplayStatus.RUNNING)
-                now = clock()
-                continue
-            sleep(min(due - now, timing.heartbeat_s))
-            now = clock()
-        return now
-
-    def checkpoint_if_due(now: float) -> None:
-        if commit_due(now, waiting=False):
-            commit(ReplayStatus.RUNNING)
-
-    def report(now: float) -> None:
-        nonlocal next_tenth, last_report
-        if progress.sent >= next_tenth or now - last_report >= timing.progress_every_s:
-            if now - last_report >= timing.progress_every_s / 6 or progress.sent == count:
-                progress.elapsed_s = now - start
-                on_progress(progress)
-                last_report = now
-            while next_tenth <= progress.sent:
-                next_tenth += tenth
-
-    try:
-        if start > called:
-            wait_until(start)
-        if not paced:
-            # No schedule to keep: a loop of its own, with the clock and the checks once per batch.
-            _send_at_max_pace(
-                messages, publisher, start_row, count, record_timestamps_ms, progress, pending,
-                settle, checkpoint_if_due, report, start, clock, now_ns,
-            )
-        for j in range(0 if paced else count, count):  # paced: one message at a time, on time
-            i = start_row + j
-            due = start + due_s[j]
-            now = wait_until(due) if paced else clock()
-            lateness[j] = now - due
-            sent_ns = now_ns()
-            value = messages.value(i, sent_ns)
-            progress.last_sent_ns = sent_ns
-            if not progress.first_sent_ns:
-                progress.first_sent_ns = sent_ns
-            record_ts = record_timestamps_ms[i] if record_timestamps_ms is not None else None
-            delivery = publisher.send(messages.keys[i], value, record_ts)
-            if paced and not transactional:
-                delivery.add_callback(_stamp, acked_at, j, clock)
-            pending.append((delivery, len(value), j))
-            if j < progress.keep_first:
-                progress.first_messages.append((messages.keys[i], value))
-            progress.sent = j + 1
-            settle(block=False)
-            checkpoint_if_due(now)
-            report(now)
-        if not transactional:
-            publisher.flush(timing.delivery_timeout_s)
-            settle(block=True)
-        commit(ReplayStatus.FINISHED)
-        if not transactional:
-            publisher.flush(timing.delivery_timeout_s)  # the finished checkpoint itself
-    except BaseException as error:
-        # Cancelled, stopped or failed: what was committed stays; an open transaction is
-        # aborted, so the report equals what a read_committed consumer finds.
-        stopping_since = clock()
-        clean = False  # whether the producer can still write: only then is the stop recorded
-        if transactional and committing[0] is not None:
-            # Interrupted around a commit: learn whether it committed before saying how far we got.
-            rows, committing[0] = committing[0], None
-            try:
-                if publisher.resolve_commit(timing.close_timeout_s):
-                    with contextlib.suppress(Exception):
-                        settle(block=True)
-                    progress.delivered, progress.in_doubt = rows, 0
-            except Exception:  # noqa: BLE001 - no answer: neither committed nor aborted
-                progress.in_doubt = rows - progress.delivered
-        with contextlib.suppress(Exception):
-            if transactional:
-                if progress.in_doubt == 0 and not isinstance(error, ProducerFenced):
-                    publisher.abort(timing.close_timeout_s)
-                    clean = True
-            else:
-                publisher.flush(timing.close_timeout_s)
-                for delivery, size, j in pending:
-                    if delivery.is_done and not delivery.failed():
-                        record_ack(delivery, size, j)
-                    else:
-                        record_batch_acks(delivery)
-                        break
-                pending.clear()
-                clean = True
-        if checkpoint is not None and clean and not isinstance(error, ProducerFenced):
-            # Say the replay stopped, so it holds the topic no longer (best effort, bounded).
-            with contextlib.suppress(Exception):
-                key, value = checkpoint(progress.next_row, ReplayStatus.STOPPED)
-                publisher.commit(key, value, timing.close_timeout_s)
-                if not transactional:
-                    publisher.flush(timing.close_timeout_s)
-        progress.cleanup_s = clock() - stopping_since
-        raise
-    finally:
-        progress.elapsed_s = max(clock() - start, 0.0)
-    return progress
+def _stamp(times: np.ndarray, j: int, clock: Callable[[], float], metadata) -> None:
+    # A client that hands reports over later than they arrived (librdkafka serves them
+    # from the next poll) says when the broker acknowledged: ``acked_at``, on
+    # time.monotonic (the loop's clock outside unit tests, which never use such a client).
+    times[j] = getattr(metadata, "acked_at", None) or clock()
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -533,76 +716,6 @@ def tell_the_terminal(line: str) -> None:
             terminal.write(line + "\n")
     except OSError:
         pass  # no controlling terminal (a daemon-launched run, a pod): the run's log has it
-
-
-# Max pacing: messages sent between two clock reads, delivery checks, commit checks and
-# progress checks. At 100k msgs/s a batch takes well under 1 ms, at 10k about 3 ms: far
-# below a commit every ~100 ms and a progress line every minute.
-MAX_PACE_BATCH = 32
-
-
-def _send_at_max_pace(
-    messages: EncodedMessages,
-    publisher: Publisher,
-    start_row: int,
-    count: int,
-    record_timestamps_ms: list[int] | None,
-    progress: ReplayProgress,
-    pending: deque,
-    settle: Callable[[bool], None],
-    checkpoint_if_due: Callable[[float], None],
-    report: Callable[[float], None],
-    start: float,
-    clock: Callable[[], float],
-    now_ns: Callable[[], int],
-) -> None:
-    """Send rows ``start_row..start_row + count`` as fast as the publisher takes them.
-
-    The same accounting as the paced loop, batched: nothing is scheduled, so the clock is
-    read once per batch (the hand-off time and the replay time in the values are the
-    batch's), and deliveries, commits and progress are looked at between batches. A
-    ``BatchPublisher`` gets each batch in one call and reports it as one delivery."""
-    keys, send, append = messages.keys, publisher.send, pending.append
-    new_batch, send_batch = getattr(publisher, "new_batch", None), getattr(publisher, "send_batch", None)
-    stamps = record_timestamps_ms if record_timestamps_ms is not None else [None] * (start_row + count)
-    lateness = progress.lateness_s
-    for first in range(0, count, MAX_PACE_BATCH):
-        last = min(first + MAX_PACE_BATCH, count)
-        lateness[first:last] = clock() - start  # hand-off time: commit_due measures waits from it
-        rows = slice(start_row + first, start_row + last)
-        sent_ns = now_ns()
-        values = messages.values(rows.start, rows.stop, sent_ns)
-        progress.first_sent_ns = progress.first_sent_ns or sent_ns
-        progress.last_sent_ns = sent_ns
-        if send_batch is not None:
-            batch = new_batch()
-            try:
-                send_batch(batch, keys[rows], values, stamps[rows])
-            finally:
-                # What was handed over, even if a send failed mid-batch.
-                if batch.count:
-                    append((batch, sum(map(len, values[: batch.count])), first + batch.count - 1))
-                progress.sent = first + batch.count
-        else:
-            try:
-                for j, key, value, stamp in zip(range(first, last), keys[rows], values, stamps[rows]):
-                    append((send(key, value, stamp), len(value), j))
-            finally:
-                # What was handed over, even if a send failed mid-batch.
-                progress.sent = pending[-1][2] + 1 if pending and pending[-1][2] >= first else first
-        if first < progress.keep_first:
-            progress.first_messages += list(zip(keys[rows], values))[: progress.keep_first - first]
-        settle(False)
-        now = clock()
-        checkpoint_if_due(now)
-        report(now)
-
-
-def _stamp(times: np.ndarray, j: int, clock: Callable[[], float], metadata) -> None:
-    # A client that hands reports over later than they arrived (librdkafka serves them
-    # from the next poll) says when the broker acknowledged: ``acked_at``, on
-    # time.monotonic (the loop's clock outside unit tests, which never use such a client).
-    times[j] = getattr(metadata, "acked_at", None) or clock()
 
 
 def progress_line(progress: ReplayProgress, offsets_s: np.ndarray, now_s: float | None = None) -> str:
