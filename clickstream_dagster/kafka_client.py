@@ -20,6 +20,7 @@ from kafka.errors import (
     AuthorizationError,
     ClusterAuthorizationFailedError,
     GroupAuthorizationFailedError,
+    IllegalStateError,
     InvalidProducerEpochError,
     InvalidTopicError,
     KafkaConnectionError,
@@ -41,6 +42,10 @@ from clickstream_dagster.topics import ORIGINAL_TIME_SETTINGS, ORIGINAL_TIME_TOP
 _abort_on_any_failed_batch = internals.abort_on_any_failed_batch
 
 log = logging.getLogger(__name__)
+
+# How kafka-python's refusal of a send names the state it is in while it bumps the producer
+# epoch ("Cannot call send in state BUMPING_PRODUCER_EPOCH").
+EPOCH_BUMP_STATE = "BUMPING_PRODUCER_EPOCH"
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -347,6 +352,7 @@ class KafkaPublisher:
     ):
         self.settings, self.topic, self.headers = settings, topic, headers
         self.checkpoint_topic = checkpoint_topic
+        self.delivery_timeout_s = delivery_timeout_s
         self.transactional = transactional_id is not None
         self._committing = None  # the result of the last commit begun (see resolve_commit)
         if fast_path and internals.FAST_PATH_MISSING:
@@ -391,10 +397,20 @@ class KafkaPublisher:
             raise settings.unavailable("starting the producer", error) from error
 
     def send(self, key: bytes, value: bytes, timestamp_ms: int | None):
-        try:
-            delivery = self.producer.send(self.topic, value=value, key=key, headers=self.headers, timestamp_ms=timestamp_ms)
-        except KafkaError as error:
-            raise self._delivery_error(f"sending to {self.topic!r}", error) from error
+        deadline = time.monotonic() + self.delivery_timeout_s
+        while True:
+            try:
+                delivery = self.producer.send(self.topic, value=value, key=key, headers=self.headers, timestamp_ms=timestamp_ms)
+                break
+            except IllegalStateError as error:
+                # After a batch fails with a producer-state error, kafka-python bumps the epoch
+                # (KIP-360) and refuses sends meanwhile; what the bump finds decides (a zombie
+                # learns it was fenced), so wait for it, within the delivery timeout.
+                if EPOCH_BUMP_STATE not in str(error) or time.monotonic() >= deadline:
+                    raise self._delivery_error(f"sending to {self.topic!r}", error) from error
+                time.sleep(0.02)
+            except KafkaError as error:
+                raise self._delivery_error(f"sending to {self.topic!r}", error) from error
         if self.transactional and not self.fast_path:
             self._in_transaction.append(delivery)
         return delivery
@@ -501,7 +517,9 @@ class KafkaPublisher:
             pass
 
     def _delivery_error(self, doing: str, error: KafkaError) -> DeliveryError:
-        if isinstance(error, ProducerFencedError | InvalidProducerEpochError):
+        # A producer that learnt it was fenced refuses later sends with a plain KafkaError
+        # carrying the fencing error as its second argument.
+        if any(isinstance(e, ProducerFencedError | InvalidProducerEpochError) for e in (error, *error.args)):
             return ProducerFenced(
                 f"{doing}: fenced by a newer producer with transactional id "
                 f"{self.producer.config['transactional_id']!r} (another attempt of this replay took over)"

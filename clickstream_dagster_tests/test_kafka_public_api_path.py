@@ -5,11 +5,11 @@ has the public API only, so reaching for any private attribute fails the test.""
 import threading
 
 import pytest
-from kafka.errors import KafkaTimeoutError
+from kafka.errors import IllegalStateError, KafkaError, KafkaTimeoutError, ProducerFencedError
 
 from clickstream_dagster import kafka_client, kafka_python_internals
 from clickstream_dagster.kafka_client import KafkaPublisher, KafkaSettings
-from clickstream_dagster.replay import CommitInDoubt, DeliveryError
+from clickstream_dagster.replay import CommitInDoubt, DeliveryError, ProducerFenced
 
 
 class Sent:
@@ -149,3 +149,35 @@ def test_sends_a_silent_broker_does_not_acknowledge_put_the_commit_in_doubt_as_o
         publisher.commit(b"c", b"{}", 5)
     assert "commit" not in publisher.producer.calls
     assert publisher.resolve_commit(5) is False  # never begun
+
+
+def test_a_send_during_an_epoch_bump_waits_for_what_the_bump_finds(publisher, monkeypatch):
+    """A zombie's in-flight batch fails, kafka-python bumps the epoch and refuses sends while it
+    does (both paths: the send is public API); the bump then finds the producer fenced."""
+    refusals = [
+        IllegalStateError("Cannot call send in state BUMPING_PRODUCER_EPOCH"),
+        IllegalStateError("Cannot call send in state BUMPING_PRODUCER_EPOCH"),
+        KafkaError("Cannot perform send because at least one previous transactional or"
+                   " idempotent request has failed with errors.", ProducerFencedError()),
+    ]
+
+    def send(*args, **kwargs):
+        raise refusals.pop(0)
+
+    monkeypatch.setattr(publisher.producer, "send", send)
+    with pytest.raises(ProducerFenced, match="fenced by a newer producer"):
+        publisher.send(b"k", b"v", None)
+    assert refusals == []
+
+
+def test_a_send_refused_in_another_state_fails_at_once(publisher, monkeypatch):
+    calls = []
+
+    def send(*args, **kwargs):
+        calls.append(1)
+        raise IllegalStateError("Cannot call send in state READY")
+
+    monkeypatch.setattr(publisher.producer, "send", send)
+    with pytest.raises(DeliveryError, match="state READY"):
+        publisher.send(b"k", b"v", None)
+    assert len(calls) == 1
