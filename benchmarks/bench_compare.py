@@ -106,6 +106,10 @@ def med(values) -> float:
     return statistics.median(values)
 
 
+def span(values) -> str:
+    return f"{min(values):,.0f}-{max(values):,.0f}"
+
+
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -135,16 +139,22 @@ def render(r: dict) -> str:
             )
         ),
         "",
-        f"Throughput ({plural(r['runs'], 'round')}; medians; new/old = median of the per-round ratios):",
+        (
+            f"Throughput ({plural(r['runs'], 'round')}; msgs/s median (min-max); time = first send to last "
+            "commit, median; new/old = median of the per-round ratios, which show the noise):"
+        ),
         "",
-        "| run | old msgs/s | new msgs/s | new/old | new/old per round |",
-        "| --- | --- | --- | --- | --- |",
+        "| run | old msgs/s | new msgs/s | time old / new | new/old | new/old per round |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for kind, _ in THROUGHPUT:
         k = r["kinds"][kind]
+        seconds = {name: med([x["seconds"] for x in r["all_runs"][kind][name]]) for name in ("old", "new")}
         lines.append(
-            f"| {LABELS[kind]} | {med(k['old_rates']):,.0f} | {med(k['new_rates']):,.0f} | "
-            f"**{k['ratio']:.2f}** | {', '.join(f'{x:.2f}' for x in k['ratios'])} |"
+            f"| {LABELS[kind]} | {med(k['old_rates']):,.0f} ({span(k['old_rates'])}) "
+            f"| {med(k['new_rates']):,.0f} ({span(k['new_rates'])}) "
+            f"| {seconds['old']:.2f} s / {seconds['new']:.2f} s "
+            f"| **{k['ratio']:.2f}** | {', '.join(f'{x:.2f}' for x in k['ratios'])} |"
         )
     lines += [
         "",
@@ -173,7 +183,8 @@ def render(r: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--against", default="HEAD~1", help="the commit to compare with (default HEAD~1)")
-    ap.add_argument("--runs", type=int, default=5, help="max-pacing rounds (default 5)")
+    # max-pacing runs take seconds: 7 rounds for a median that one noisy pair cannot move far
+    ap.add_argument("--runs", type=int, default=7, help="max-pacing rounds (default 7)")
     ap.add_argument("--fidelity-runs", type=int, default=3, help="fixed-pacing rounds (default 3)")
     ap.add_argument(
         "--fixed-messages", type=int, default=FIXED_MESSAGES,
