@@ -161,17 +161,22 @@ def render(r: dict) -> str:
         (
             f"Timing fidelity ({plural(r['fidelity_runs'], 'round')}; the first {r['fixed_messages']:,} "
             f"messages of the day at a fixed {FIXED_INTERVAL_MS:.0f} ms; medians, ms; lateness = hand-off - "
-            "scheduled time, delivery latency = commit confirmed - scheduled time):"
+            "scheduled time, delivery latency = commit confirmed - scheduled time; p99 new/old = of the "
+            "medians, then per round):"
         ),
         "",
-        "| run | lateness p50 old / new | lateness p99 old / new | p99 new/old | delivery p99 old / new |",
-        "| --- | --- | --- | --- | --- |",
+        "| run | lateness p50 old / new | lateness p99 old / new | p99 new/old | p99 new/old per round "
+        "| delivery p99 old / new |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for kind, _ in FIDELITY:
         k = r["kinds"][kind]
+        pairs = zip(r["all_runs"][kind]["new"], r["all_runs"][kind]["old"], strict=True)
+        p99_ratios = [n["lateness"]["lateness_p99_ms"] / o["lateness"]["lateness_p99_ms"] for n, o in pairs]
         lines.append(
             f"| {LABELS[kind]} | {k['old_p50']:.2f} / {k['new_p50']:.2f} "
             f"| {k['old_p99']:.2f} / {k['new_p99']:.2f} | {k['p99_ratio']:.2f} "
+            f"| {', '.join(f'{x:.2f}' for x in p99_ratios)} "
             f"| {k['old_delivery_p99']:.2f} / {k['new_delivery_p99']:.2f} |"
         )
     return "\n".join(lines)
