@@ -166,18 +166,21 @@ def render(r: dict) -> str:
         ),
         "",
         "| run | lateness p50 old / new | lateness p99 old / new | p99 new/old | p99 new/old per round "
-        "| delivery p99 old / new |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| delivery p99 old / new | commits old / new |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for kind, _ in FIDELITY:
         k = r["kinds"][kind]
         pairs = zip(r["all_runs"][kind]["new"], r["all_runs"][kind]["old"], strict=True)
         p99_ratios = [n["lateness"]["lateness_p99_ms"] / o["lateness"]["lateness_p99_ms"] for n, o in pairs]
+        # how many commits the cadence made: fewer when commits were slow, hence later delivery
+        commits = {name: med([x["commits"] for x in r["all_runs"][kind][name]]) for name in ("old", "new")}
         lines.append(
             f"| {LABELS[kind]} | {k['old_p50']:.2f} / {k['new_p50']:.2f} "
             f"| {k['old_p99']:.2f} / {k['new_p99']:.2f} | {k['p99_ratio']:.2f} "
             f"| {', '.join(f'{x:.2f}' for x in p99_ratios)} "
-            f"| {k['old_delivery_p99']:.2f} / {k['new_delivery_p99']:.2f} |"
+            f"| {k['old_delivery_p99']:.2f} / {k['new_delivery_p99']:.2f} "
+            f"| {commits['old']:.0f} / {commits['new']:.0f} |"
         )
     return "\n".join(lines)
 
