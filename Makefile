@@ -19,7 +19,7 @@ export DAGSTER_PORT KAFKA_PORT KAFKA_STATE_DIR
 DAGSTER_POSTGRES_VERSION := 0.29.27
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: setup demo dev test test-unit kafka-up kafka-down kafka-status kafka-logs registry-up registry-down registry-status registry-logs schemas bench-prepare bench-replay bench-parallel bench screenshots data clean
+.PHONY: setup demo dev test test-unit kafka-up kafka-down kafka-status kafka-logs registry-up registry-down registry-status registry-logs schemas bench-prepare bench-replay bench-parallel bench-compare bench screenshots data clean
 
 # The virtualenv, re-made when pyproject.toml changes.
 setup: $(VENV)/.installed
@@ -111,6 +111,12 @@ bench-replay: setup
 # Aggregate replay rate, one replay vs two at once into different topics.
 bench-parallel: setup
 	$(PY) benchmarks/bench_parallel.py
+
+# This tree's replay core (run_replay, both clients) side by side with AGAINST's, in one run on one
+# broker. HEAD~1 follows the first parent: after a merge, the main line before it.
+AGAINST ?= HEAD~1
+bench-compare: setup
+	$(PY) benchmarks/bench_compare.py --against "$(AGAINST)"
 
 bench: bench-prepare bench-replay bench-parallel
 
