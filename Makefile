@@ -15,6 +15,9 @@ DAGSTER_PORT ?= 3000
 # SCHEMA_REGISTRY_URL names one, and Dagster gets its URL).
 REGISTRY_PORT ?= 8081
 REGISTRY_STATE_DIR ?= $(CURDIR)/.registry
+# `make test` runs this many pytest workers: the suite mostly waits on brokers, webservers and
+# paced replays, so more workers than cores still shorten it (TEST_WORKERS=0: one process).
+TEST_WORKERS ?= 3
 export DAGSTER_PORT KAFKA_PORT KAFKA_STATE_DIR
 DAGSTER_POSTGRES_VERSION := 0.29.27
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
@@ -57,7 +60,7 @@ dev: setup
 
 # Everything: unit, integration (real broker started by the test session) and end-to-end tests.
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=20
 
 test-unit: setup
 	$(PY) -m pytest -m "not integration and not e2e"

@@ -259,3 +259,30 @@ def test_a_quoted_line_break_is_one_kept_row_and_every_line_is_still_accounted_f
     assert kept.filter(pl.col("userAgent") == "Agent\nwith a second line").height == 1
     [mat] = result.asset_materializations_for_node("clickstream_rejects")
     assert mat.metadata["kept_lines"].value == kept.height
+
+
+def test_prepares_of_other_logs_keep_their_shared_rejects(tmp_path, monkeypatch):
+    """The events step hands the rejects to the rejects step through a machine-wide directory:
+    a prepare of another log (another code location, a parallel test) must not delete them,
+    while a new version of the same log replaces the old one's file."""
+    monkeypatch.setattr(prepare, "SHARED_REJECTS_DIR", tmp_path / "shared")
+    first, other = tmp_path / "a" / "clickstream.csv", tmp_path / "b" / "clickstream.csv"
+    for path, seed in ((first, 1), (other, 2)):
+        path.parent.mkdir()
+        write_log(path, rows=50, seed=seed)
+    settings = ClickstreamLogFile(path=str(first))
+    staged = type("Staged", (), {"lines": 50, "version": "v", "continuation_lines": 0})
+    rejects = pl.DataFrame({"line": [1]})
+
+    def share(path: Path) -> Path:
+        shared = prepare._shared_rejects(inspect_log(path), settings)
+        prepare._share_rejects(shared, rejects, staged)
+        return shared
+
+    first_v1, other_v1 = share(first), share(other)
+    assert first_v1.exists() and other_v1.exists()
+    with first.open("a") as f:
+        f.write("\n")  # a new version of the first log
+    first_v2 = share(first)
+    assert first_v2 != first_v1 and first_v2.exists()
+    assert not first_v1.exists() and other_v1.exists()

@@ -9,6 +9,7 @@ size, modification time, content at both ends, settings); the rejects step, whic
 after it, takes them from there, and scans the log itself only when they are missing.
 """
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -75,14 +76,18 @@ def log_metadata(version: dict) -> dict:
 
 
 def _shared_rejects(log: LogFile, clickstream_log: ClickstreamLogFile) -> Path:
+    # Named after the log's path as well as its version: prepares of other logs on this machine
+    # (another code location, another test session) share the directory and keep their files.
+    where = hashlib.sha256(str(log.path.resolve()).encode()).hexdigest()[:12]
     key = log_version(log, DATASET_WINDOW, clickstream_log.max_line_bytes)
-    return SHARED_REJECTS_DIR / f"rejects-{key}.parquet"
+    return SHARED_REJECTS_DIR / f"rejects-{where}-{key}.parquet"
 
 
 def _share_rejects(path: Path, rejects: pl.DataFrame, staged: StagedLog) -> None:
-    """Write atomically, and drop what earlier versions of the log left behind."""
+    """Write atomically, and drop what earlier versions of the same log left behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob("rejects-*.parquet"):
+    same_log = path.name.rsplit("-", 1)[0]  # rejects-<path hash>
+    for stale in path.parent.glob(f"{same_log}-*.parquet"):
         if stale != path:
             stale.unlink(missing_ok=True)
     remove_abandoned(path.parent)
