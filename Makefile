@@ -63,7 +63,7 @@ test: setup
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=20
 
 test-unit: setup
-	$(PY) -m pytest -m "not integration and not e2e"
+	$(PY) -m pytest -n 2 -m "not integration and not e2e"
 
 # Secured: stdout is only `export KAFKA_...` lines: eval "$$(make -s kafka-up KAFKA_SECURITY=sasl_ssl)"
 # A cluster of three: make kafka-up KAFKA_BROKERS=3 (and the same KAFKA_BROKERS for status / down).
