@@ -45,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_prepare import OUT, ROOT, machine, write_readme
-from bench_replay import DAY, FIXED_INTERVAL_MS, Topics, day_events, load_local_kafka
+from bench_replay import DAY, FIXED_INTERVAL_MS, Topics, bench_broker, day_events
 
 from clickstream_dagster.kafka_client import KafkaSettings
 
@@ -228,15 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         events.write_parquet(events_path)
         print(f"day {DAY}: {events.height:,} page views", flush=True)
 
-        external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
-        if external:
-            bootstrap, broker_desc = external, f"the cluster at {external}"
-        else:
-            lk = load_local_kafka()
-            broker = lk.start_broker(work / "kafka", lk.free_port(), cache_dir=ROOT / ".kafka")
-            bootstrap = broker.bootstrap_servers
-            broker_desc = f"a local Apache Kafka {lk.kafka_version()} broker (KRaft, single node)"
-            print(f"broker up on {bootstrap}", flush=True)
+        bootstrap, broker_desc, broker = bench_broker(work)
         topics = Topics(KafkaSettings(bootstrap_servers=bootstrap, client_id="bench-compare"))
         try:
             report = measure(args, trees, topics, bootstrap, events_path)

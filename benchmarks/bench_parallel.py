@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_prepare import FULL_ROWS, OUT, ROOT, ensure_log, machine, write_readme  # noqa: E402
-from bench_replay import load_local_kafka  # noqa: E402
+from bench_replay import bench_broker  # noqa: E402
 
 SECTION = ("<!-- bench-parallel:start -->", "<!-- bench-parallel:end -->")
 # Days with similar counts; each replay of a round takes a different one.
@@ -193,15 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()[0]
     log_path, _ = ensure_log(FULL_ROWS)
     work = Path(tempfile.mkdtemp(prefix="bench-parallel-", dir=OUT))
-    broker, external = None, os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    broker = None
     try:
-        if external:
-            bootstrap, broker_desc = external, f"the cluster at {external}"
-        else:
-            lk = load_local_kafka()
-            broker = lk.start_broker(work / "kafka", lk.free_port(), cache_dir=ROOT / ".kafka")
-            bootstrap = broker.bootstrap_servers
-            broker_desc = f"a local Apache Kafka {lk.kafka_version()} broker (KRaft, single node)"
+        bootstrap, broker_desc, broker = bench_broker(work)
         home = work / "dagster_home"
         home.mkdir()
         shutil.copy(ROOT / ".dagster_home" / "dagster.yaml", home / "dagster.yaml")

@@ -106,6 +106,20 @@ def load_local_kafka():
     return load_script("local_kafka")
 
 
+def bench_broker(work: Path):
+    """The benchmark's broker: ``$KAFKA_BOOTSTRAP_SERVERS`` if set, else a single-node broker of
+    its own in ``work/kafka``. Returns (bootstrap servers, description for the report, the local
+    broker to stop at the end or None)."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    if external:
+        return external, f"the cluster at {external}", None
+    lk = load_local_kafka()
+    t0 = time.perf_counter()
+    broker = lk.start_broker(work / "kafka", lk.free_port(), cache_dir=ROOT / ".kafka")
+    print(f"broker up on {broker.bootstrap_servers} in {time.perf_counter() - t0:.1f} s", flush=True)
+    return broker.bootstrap_servers, f"a local Apache Kafka {lk.kafka_version()} broker (KRaft, single node)", broker
+
+
 # ----------------------------------------------------------------------------- the day
 
 
@@ -499,18 +513,10 @@ def main(argv: list[str] | None = None) -> int:
         found = re.search(r"Version (\S+).*?(librdkafka \S+)", out)
         kcat_version = f"kcat {found[1]} ({found[2]})" if found else "kcat"
 
-    broker, external = None, os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    broker = None
     work = Path(tempfile.mkdtemp(prefix="bench-replay-", dir=OUT))
     try:
-        if external:
-            bootstrap, broker_desc = external, f"the cluster at {external}"
-        else:
-            lk = load_local_kafka()
-            t0 = time.perf_counter()
-            broker = lk.start_broker(work / "kafka", lk.free_port(), cache_dir=ROOT / ".kafka")
-            bootstrap = broker.bootstrap_servers
-            broker_desc = f"a local Apache Kafka {lk.kafka_version()} broker (KRaft, single node)"
-            print(f"broker up on {bootstrap} in {time.perf_counter() - t0:.1f} s", flush=True)
+        bootstrap, broker_desc, broker = bench_broker(work)
         settings = KafkaSettings(bootstrap_servers=bootstrap, client_id="bench-replay")
         registry, registry_url = None, os.environ.get("SCHEMA_REGISTRY_URL", "").strip()
         if registry_url:
