@@ -157,6 +157,18 @@ def test_prepare_writes_to_s3_a_replay_in_another_process_reads_it_and_postgres_
         assert not logged, f"a secret in {logged}"
 
 
+def _stamps(directory: Path) -> dict[str, int]:
+    """Name -> mtime of what is in the directory now. s3proxy writes an object under a temporary
+    name and renames it: one listed a moment ago may be gone when it is looked at."""
+    found = {}
+    for path in directory.iterdir():
+        try:
+            found[path.name] = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            pass
+    return found
+
+
 def test_a_killed_prepare_leaves_the_previous_objects_intact(deployment, tmp_path):
     deployment.run(deployment.prepare_command())
     before = deployment.objects()
@@ -174,10 +186,10 @@ def test_a_killed_prepare_leaves_the_previous_objects_intact(deployment, tmp_pat
         # Watched on the server's disk (s3proxy's filesystem backend), which is quicker to poll
         # than a listing: the days land about 50 ms apart.
         on_disk = deployment.s3.base_dir / deployment.storage_url.removeprefix("s3://") / "clickstream_events"
-        stamps = {p.name: p.stat().st_mtime_ns for p in on_disk.iterdir()}
+        stamps = _stamps(on_disk)
         deadline = time.monotonic() + CLI_TIMEOUT_S
         while cli.poll() is None and time.monotonic() < deadline:
-            if {p.name: p.stat().st_mtime_ns for p in on_disk.iterdir()} != stamps:
+            if _stamps(on_disk) != stamps:
                 break  # the first new day object is in: kill the prepare mid-way
             time.sleep(0.001)
         assert cli.poll() is None, "the prepare ended before it was caught writing: make the log bigger"
