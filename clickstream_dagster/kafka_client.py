@@ -397,7 +397,7 @@ class KafkaPublisher:
             raise settings.unavailable("starting the producer", error) from error
 
     def send(self, key: bytes, value: bytes, timestamp_ms: int | None):
-        deadline = time.monotonic() + self.delivery_timeout_s
+        deadline = None  # only when a send is refused: the hot path reads no clock
         while True:
             try:
                 delivery = self.producer.send(self.topic, value=value, key=key, headers=self.headers, timestamp_ms=timestamp_ms)
@@ -406,6 +406,7 @@ class KafkaPublisher:
                 # After a batch fails with a producer-state error, kafka-python bumps the epoch
                 # (KIP-360) and refuses sends meanwhile; what the bump finds decides (a zombie
                 # learns it was fenced), so wait for it, within the delivery timeout.
+                deadline = deadline or time.monotonic() + self.delivery_timeout_s
                 if EPOCH_BUMP_STATE not in str(error) or time.monotonic() >= deadline:
                     raise self._delivery_error(f"sending to {self.topic!r}", error) from error
                 time.sleep(0.02)
